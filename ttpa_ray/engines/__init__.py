@@ -34,14 +34,19 @@ def build_engine(cfg: EngineConfig) -> Engine:
     from ttpa_ray.models import resolve
 
     path = str(resolve(cfg.model))
+    dtype = cfg.dtype
+    if dtype == "auto":
+        import torch
+
+        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     if cfg.backend == "vllm":
         from ttpa_ray.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(path, dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
+        return VLLMEngine(path, dtype=dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
                           tensor_parallel_size=cfg.tensor_parallel_size,
                           gpu_memory_utilization=cfg.gpu_memory_utilization,
                           enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager,
                           kv_cache_gib=cfg.kv_cache_gib)
     from ttpa_ray.engines.hf import HFEngine
 
-    return HFEngine(path, dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=cfg.seed)
+    return HFEngine(path, dtype=dtype, max_model_len=cfg.max_model_len, seed=cfg.seed)

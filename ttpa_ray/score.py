@@ -1,0 +1,402 @@
+"""Error-oriented Scoring Mechanism (ESM): score predicted tool calls against gold.
+
+Pure functions, no Ray (the Ray Data stage is :mod:`ttpa_ray.score_stage`).
+
+The released TTPA formula, per matched (predicted, gold) call::
+
+    esm = (3·s_name + 3·s_req + 1·s_key + 2·s_type + 2·s_value) / 11
+
+- ``s_name`` 1 if the names match;
+- ``s_req`` share of the gold function's schema-required parameters present in the prediction
+  (1 when it requires none; a required parameter the gold itself omits does not count);
+- for each predicted argument: key +1 if the schema has it, type +1 if its JSON type matches the
+  schema (an int is accepted for a number, as BFCL does; a bool is never a number), value +1 on
+  an exact match with gold, strings +0.5 for case-insensitive equality and +0.5 for
+  containment (either way, case-insensitive); ``s_key``, ``s_type``, ``s_value`` are those sums
+  divided by max(|predicted args|, |gold args|).
+
+Departures, all documented here:
+- gold given as BFCL possible answers: the value term takes the best acceptable value; a gold
+  parameter whose acceptable values include ``""`` is optional and does not count in |gold args|;
+- a turn with several calls: calls are matched one-to-one to maximise (valid pairs, total
+  score); the turn score is the sum of matched scores / max(#predicted, #gold);
+- no call expected: 1.0 if none made, else 0.0; a call expected but none made, or undecodable
+  output: 0.0.
+
+On top of the score, error codes aligned with BFCL's AST checker: ``wrong_func_name``,
+``missing_required``, ``missing_optional`` (BFCL's name for a gold parameter without a default
+that the prediction omits), ``unexpected_param``, ``type_error``, ``value_error``,
+``wrong_count``, ``decode_failed``, ``unexpected_call``, ``missing_call``. ``valid`` is True
+when there are none (BFCL-style accept). Value validity uses BFCL's string standardisation
+(case, spaces and ``,./-_*^`` ignored).
+
+>>> tools = [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}},
+...           "required": ["x"]}}]
+>>> r = esm_score([{"name": "f", "arguments": {"x": 1}}], tools, gold=[{"name": "f", "arguments": {"x": 1}}])
+>>> (r.score, r.errors, r.valid)
+(1.0, [], True)
+>>> r = esm_score('<tool_call>{"name": "f", "arguments": {"x": 2}}</tool_call>', tools,
+...               gold=[{"name": "f", "arguments": {"x": 1}}])
+>>> (round(r.score, 4), r.errors)
+(0.8182, ['value_error'])
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ttpa_ray.toolcall import (DECODE_FAILED, ToolCall, ToolSchema, _as_call, _Bad, calls_from_json, load_tool,
+                               normalize_type, parse_calls)
+
+ERROR_CODES = ("decode_failed", "wrong_count", "missing_call", "unexpected_call", "wrong_func_name",
+               "missing_required", "missing_optional", "unexpected_param", "type_error", "value_error")
+
+
+@dataclass(frozen=True)
+class ESMWeights:
+    name: float = 3.0
+    required: float = 3.0
+    key: float = 1.0
+    type: float = 2.0
+    value: float = 2.0
+
+    @property
+    def total(self) -> float:
+        return self.name + self.required + self.key + self.type + self.value
+
+
+DEFAULT_WEIGHTS = ESMWeights()
+
+
+@dataclass(frozen=True)
+class GoldCall:
+    """A gold call as acceptable values per parameter (concrete gold: one value each)."""
+
+    name: str
+    params: dict[str, list[Any]]
+    concrete: bool
+
+
+@dataclass
+class CallScore:
+    score: float
+    errors: list[str]
+    messages: list[str]
+    terms: dict[str, float]
+
+
+@dataclass
+class ESMResult:
+    score: float
+    errors: list[str]
+    valid: bool
+    messages: list[str] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    """Per matched pair: predicted index, gold index, score, terms."""
+
+
+# --------------------------------------------------------------------------- values
+
+
+_STD_RE = re.compile(r"[ ,./\-_*^]")
+
+
+def standardize(s: str) -> str:
+    """BFCL's string standardisation: drop spaces and ``,./-_*^``, lowercase, ' -> "."""
+    return _STD_RE.sub("", s).lower().replace("'", '"')
+
+
+def _norm(v: Any) -> Any:
+    """Normalise a value for BFCL-style equality (strings standardised, tuples as lists)."""
+    if isinstance(v, str):
+        return standardize(v)
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _norm(x) for k, x in v.items()}
+    return v
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality where bool is never equal to a number (True == 1 in Python)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # NaN == NaN here: a value equal to gold is equal
+    return a == b
+
+
+def _dict_accepts(pred: dict[str, Any], answer: dict[str, Any]) -> bool:
+    """BFCL's dict checker: each key's value is a list of acceptable values, "" = may omit."""
+    for k, v in pred.items():
+        acc = answer.get(k)
+        if not isinstance(acc, list) or not any(_same(_norm(v), _norm(a)) for a in acc if a != ""):
+            return False
+    return all(k in pred or (isinstance(acc, list) and "" in acc) for k, acc in answer.items())
+
+
+def value_ok(value: Any, acceptable: list[Any], concrete: bool) -> bool:
+    """Is ``value`` one of the acceptable gold values (BFCL checker semantics)?"""
+    nv = _norm(value)
+    for a in acceptable:
+        if a == "" and not concrete:
+            continue
+        if _same(nv, _norm(a)):
+            return True
+        if not concrete and isinstance(value, dict) and isinstance(a, dict) and _dict_accepts(value, a):
+            return True
+        if (not concrete and isinstance(value, list) and isinstance(a, list) and len(value) == len(a)
+                and all(isinstance(x, dict) and isinstance(y, dict) and _dict_accepts(x, y) for x, y in zip(value, a))):
+            return True
+    return False
+
+
+def value_points(value: Any, acceptable: list[Any], concrete: bool) -> float:
+    """ESM value term for one argument: exact 1; strings 0.5 (case-insensitive equal) + 0.5
+    (containment); the best over acceptable values."""
+    best = 0.0
+    for a in acceptable:
+        if a == "" and not concrete:
+            continue
+        if isinstance(value, str) and isinstance(a, str) and value != a:
+            v, g = value.lower(), a.lower()
+            pts = 0.5 * (v == g) + 0.5 * (bool(v) and bool(g) and (v in g or g in v))
+        elif _same(value, a) or value_ok(value, [a], concrete):
+            pts = 1.0
+        else:
+            pts = 0.0
+        best = max(best, pts)
+        if best == 1.0:
+            break
+    return best
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
+                                          "boolean": (bool,), "array": (list, tuple), "object": (dict,),
+                                          "null": (type(None),)}
+
+
+def type_ok(value: Any, spec: dict[str, Any]) -> bool:
+    """JSON type of ``value`` matches the parameter schema (arrays checked item by item)."""
+    t = normalize_type(spec.get("type"))
+    if t is None or t == "any":
+        return True
+    types = t if isinstance(t, list) else [t]
+    for ty in types:
+        py = _PY_TYPES.get(ty)
+        if py is None:
+            return True
+        if isinstance(value, bool) and ty in ("integer", "number"):
+            continue
+        if isinstance(value, py):
+            if ty == "array" and isinstance(spec.get("items"), dict):
+                return all(type_ok(x, spec["items"]) for x in value)
+            return True
+    return False
+
+
+def _gold_typed(value: Any, gold: GoldCall, key: str, spec: dict[str, Any]) -> bool:
+    """BFCL's "variable" rule: gold may give a value of another type than the schema's (a
+    variable name as a string, None for a float); a prediction of that type passes the type
+    check (its value is still checked)."""
+    if key not in gold.params:
+        return False
+    return any(type(a) is type(value) and not type_ok(a, spec) for a in gold.params[key] if a != "")
+
+
+# --------------------------------------------------------------------------- gold
+
+
+def gold_from_calls(calls: Sequence[ToolCall | dict[str, Any]]) -> list[GoldCall]:
+    out = []
+    for c in calls:
+        call = c if isinstance(c, ToolCall) else _as_call(c)
+        out.append(GoldCall(call.name, {k: [v] for k, v in call.arguments.items()}, concrete=True))
+    return out
+
+
+def gold_from_possible_answer(answer: Sequence[dict[str, dict[str, list[Any]]]]) -> list[GoldCall]:
+    """BFCL possible answers: ``[{"func": {"param": [acceptable, ...]}}]``."""
+    out = []
+    for item in answer:
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ValueError(f"a possible answer must map one function name to its parameters, got {item!r}")
+        (name, params), = item.items()
+        if not isinstance(params, dict) or not all(isinstance(v, list) for v in params.values()):
+            raise ValueError(f"possible answer for {name!r}: each parameter needs a list of acceptable values")
+        out.append(GoldCall(name, dict(params), concrete=False))
+    return out
+
+
+# --------------------------------------------------------------------------- one call
+
+
+def score_call(pred: ToolCall, gold: GoldCall, schema: ToolSchema | None,
+               weights: ESMWeights = DEFAULT_WEIGHTS) -> CallScore:
+    """Score one predicted call against one gold call under the gold function's schema.
+
+    Gold is the reference where gold and schema disagree (a schema-required parameter the
+    gold omits is not required; a gold value of another type than the schema's is accepted,
+    BFCL's "variable" rule), so the gold call always scores 1.0.
+    """
+    errors: list[str] = []
+    msgs: list[str] = []
+    args = pred.arguments
+    props = schema.properties if schema is not None else {}
+    if schema is not None:
+        required = tuple(r for r in schema.required if r in gold.params)
+    else:
+        required = tuple(k for k, v in gold.params.items() if gold.concrete or "" not in v)
+
+    s_name = 1.0 if pred.name == gold.name else 0.0
+    if not s_name:
+        errors.append("wrong_func_name")
+        msgs.append(f"function {pred.name!r}, expected {gold.name!r}")
+    present = [r for r in required if r in args]
+    s_req = len(present) / len(required) if required else 1.0
+    if len(present) < len(required):
+        errors.append("missing_required")
+        msgs.append(f"{gold.name}: missing required {[r for r in required if r not in args]}")
+
+    key = typ = val = 0.0
+    for k, v in args.items():
+        spec = props.get(k)
+        in_gold = k in gold.params
+        known = spec is not None or in_gold if gold.concrete else spec is not None or schema is None
+        if not known or not in_gold:
+            errors.append("unexpected_param")
+            msgs.append(f"{gold.name}: unexpected parameter {k!r}")
+        if not known:
+            continue
+        key += 1
+        if spec is not None and not type_ok(v, spec) and not _gold_typed(v, gold, k, spec):
+            errors.append("type_error")
+            msgs.append(f"{gold.name}.{k}: {type(v).__name__} {v!r} does not match type {spec.get('type')!r}")
+            continue
+        typ += 1
+        if in_gold:
+            val += value_points(v, gold.params[k], gold.concrete)
+            if not value_ok(v, gold.params[k], gold.concrete):
+                errors.append("value_error")
+                msgs.append(f"{gold.name}.{k}: {v!r} not in {gold.params[k]!r}")
+    missing_opt = [k for k, acc in gold.params.items()
+                   if k not in args and k not in required and (gold.concrete or "" not in acc)]
+    if missing_opt:
+        errors.append("missing_optional")
+        msgs.append(f"{gold.name}: gold sets {missing_opt}, prediction omits them")
+
+    n_gold = sum(1 for acc in gold.params.values() if gold.concrete or "" not in acc)
+    denom = max(len(args), n_gold)
+    s_key, s_type, s_value = (key / denom, typ / denom, val / denom) if denom else (1.0, 1.0, 1.0)
+    w = weights
+    score = (w.name * s_name + w.required * s_req + w.key * s_key + w.type * s_type + w.value * s_value) / w.total
+    return CallScore(min(1.0, max(0.0, score)), _dedupe(errors), msgs,
+                     {"name": s_name, "required": s_req, "key": s_key, "type": s_type, "value": s_value})
+
+
+def _dedupe(codes: list[str]) -> list[str]:
+    seen = dict.fromkeys(codes)
+    return [c for c in ERROR_CODES if c in seen]
+
+
+# --------------------------------------------------------------------------- a turn
+
+
+def _schemas(tools: Sequence[Any]) -> dict[str, ToolSchema]:
+    out = {}
+    for i, t in enumerate(tools):
+        s = t if isinstance(t, ToolSchema) else load_tool(t, i)
+        out[s.name] = s
+    return out
+
+
+def _match(preds: list[ToolCall], golds: list[GoldCall], schemas: dict[str, ToolSchema],
+           weights: ESMWeights) -> list[tuple[int, int, CallScore]]:
+    """Best one-to-one matching, maximising (#valid pairs, total score)."""
+    table = {(i, j): score_call(p, g, schemas.get(g.name), weights)
+             for i, p in enumerate(preds) for j, g in enumerate(golds)}
+    n, m = len(preds), len(golds)
+    if min(n, m) == 0:
+        return []
+
+    def value(pairs: list[tuple[int, int]]) -> tuple[int, float]:
+        return (sum(not table[p].errors for p in pairs), sum(table[p].score for p in pairs))
+
+    if max(n, m) <= 7:
+        best: list[tuple[int, int]] = []
+        best_v = (-1, -1.0)
+        if n <= m:
+            for perm in itertools.permutations(range(m), n):
+                pairs = list(zip(range(n), perm))
+                if (v := value(pairs)) > best_v:
+                    best, best_v = pairs, v
+        else:
+            for perm in itertools.permutations(range(n), m):
+                pairs = list(zip(perm, range(m)))
+                if (v := value(pairs)) > best_v:
+                    best, best_v = pairs, v
+    else:  # greedy for unusually long turns
+        best, used_i, used_j = [], set(), set()
+        for (i, j) in sorted(table, key=lambda p: (not table[p].errors, table[p].score), reverse=True):
+            if i not in used_i and j not in used_j:
+                best.append((i, j))
+                used_i.add(i)
+                used_j.add(j)
+    return [(i, j, table[(i, j)]) for i, j in sorted(best, key=lambda p: p[1])]
+
+
+def esm_score(prediction: Any, tools: Sequence[Any], gold: Sequence[Any] | None = None,
+              possible_answer: Sequence[Any] | None = None, weights: ESMWeights = DEFAULT_WEIGHTS) -> ESMResult:
+    """Score one turn. ``prediction`` is raw model text or a list of calls; gold is concrete
+    ``gold`` calls or BFCL ``possible_answer`` (an empty list: no call expected).
+
+    Raises ValueError only for bad *gold or schemas* (the caller's data); anything a model
+    wrote is scored.
+    """
+    schemas = _schemas(tools)
+    if possible_answer is not None:
+        golds = gold_from_possible_answer(possible_answer)
+    else:
+        golds = gold_from_calls(gold or [])
+    if isinstance(prediction, str):
+        parsed = parse_calls(prediction)
+        if parsed.error:
+            return ESMResult(0.0, [DECODE_FAILED], False, [parsed.reason or "decode failed"])
+        preds = parsed.calls
+    else:
+        try:
+            if prediction is None:
+                preds = []
+            elif isinstance(prediction, (list, tuple)):
+                preds = [c if isinstance(c, ToolCall) else _as_call(c) for c in prediction]
+            else:
+                preds = calls_from_json(prediction)
+        except _Bad as exc:
+            return ESMResult(0.0, [DECODE_FAILED], False, [str(exc)])
+    if not golds:
+        if preds:
+            return ESMResult(0.0, ["unexpected_call"], False, [f"{len(preds)} call(s) where none was expected"])
+        return ESMResult(1.0, [], True)
+    if not preds:
+        return ESMResult(0.0, ["missing_call"], False, [f"no call; expected {[g.name for g in golds]}"])
+    pairs = _match(preds, golds, schemas, weights)
+    errors: list[str] = []
+    msgs: list[str] = []
+    if len(preds) != len(golds):
+        errors.append("wrong_count")
+        msgs.append(f"{len(preds)} call(s), expected {len(golds)}")
+    for _, _, cs in pairs:
+        errors.extend(cs.errors)
+        msgs.extend(cs.messages)
+    total = sum(cs.score for _, _, cs in pairs) / max(len(preds), len(golds))
+    codes = _dedupe(errors)
+    return ESMResult(total, codes, not codes, msgs,
+                     [{"pred": i, "gold": j, "score": cs.score, **cs.terms} for i, j, cs in pairs])
