@@ -3,6 +3,7 @@
     ttpa run jobs/demo-cpu.yaml [key=value ...] [--from STAGE]
     ttpa models prepare smollm2-135m-instruct | tiny-random | PATH
     ttpa models list
+    ttpa score-calls --input IN.jsonl --output OUT.jsonl
     ttpa serve MODEL [--backend transformers|vllm] [--port 8000]
     ttpa doctor
 """
@@ -60,6 +61,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_calls(args: argparse.Namespace) -> int:
+    from ttpa_ray.score_stage import score_jsonl
+
+    counts = score_jsonl(args.input, args.output)
+    print(f"scored {counts['scored']} of {counts['lines']} lines ({counts['valid']} valid); "
+          f"{counts['bad_lines']} bad line(s) written as error rows -> {args.output}", file=sys.stderr)
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from ttpa_ray.doctor import doctor
 
@@ -90,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--served-name", help="model name clients send (default: MODEL)")
     srv.set_defaults(fn=_serve)
+
+    sc = sub.add_parser("score-calls", help="ESM-score predicted tool calls in a JSONL file (no Ray)")
+    sc.add_argument("--input", required=True, help="JSONL: tools, prediction, gold or possible_answer per line")
+    sc.add_argument("--output", required=True, help="JSONL: each input line plus esm_score, errors, valid")
+    sc.set_defaults(fn=_score_calls)
 
     doc = sub.add_parser("doctor", help="versions, resources, caches, and whether Ray/vLLM/DeepSpeed work here")
     doc.add_argument("--quick", action="store_true", help="skip starting a vLLM engine")

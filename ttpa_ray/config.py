@@ -117,6 +117,30 @@ class ProbeConfig(Section):
     logprobs: int = Field(5, ge=0, le=20)
 
 
+class ESMWeightsConfig(Section):
+    """Weights of the ESM formula (the released TTPA values by default)."""
+
+    name: float = Field(3.0, ge=0)
+    required: float = Field(3.0, ge=0)
+    key: float = Field(1.0, ge=0)
+    type: float = Field(2.0, ge=0)
+    value: float = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _positive_total(self) -> ESMWeightsConfig:
+        if self.name + self.required + self.key + self.type + self.value <= 0:
+            raise ValueError("at least one ESM weight must be > 0")
+        return self
+
+
+class ScoreConfig(Section):
+    """ESM scoring: weights, pair threshold, and the scoring actor pool."""
+
+    weights: ESMWeightsConfig = ESMWeightsConfig()
+    threshold: float = Field(0.8, ge=0, le=1, description="Below it the best candidate is replaced by gold as chosen.")
+    pool: PoolConfig = PoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=512)
+
+
 class JobConfig(Section):
     """A whole job. Stages receive their own section only."""
 
@@ -126,6 +150,7 @@ class JobConfig(Section):
     ray: RayConfig = RayConfig()
     engine: EngineConfig = EngineConfig()
     probe: ProbeConfig = ProbeConfig()
+    score: ScoreConfig = ScoreConfig()
 
     @property
     def run_dir(self) -> Path:

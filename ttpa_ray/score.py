@@ -123,6 +123,9 @@ def _norm(v: Any) -> Any:
 
 def _same(a: Any, b: Any) -> bool:
     """Equality where bool is never equal to a number (True == 1 in Python)."""
+    ta = type(a)
+    if ta is type(b) and (ta is str or ta is int or ta is float and a == a):
+        return a == b
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, list) and isinstance(b, list):
@@ -186,7 +189,11 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "
 
 def type_ok(value: Any, spec: dict[str, Any]) -> bool:
     """JSON type of ``value`` matches the parameter schema (arrays checked item by item)."""
-    t = normalize_type(spec.get("type"))
+    t = spec.get("type")
+    tv = type(value)
+    if (t == "string" and tv is str) or (t == "integer" and tv is int) or (t in ("number", "float") and tv in (int, float)):
+        return True
+    t = normalize_type(t)
     if t is None or t == "any":
         return True
     types = t if isinstance(t, list) else [t]
@@ -267,26 +274,33 @@ def score_call(pred: ToolCall, gold: GoldCall, schema: ToolSchema | None,
         msgs.append(f"{gold.name}: missing required {[r for r in required if r not in args]}")
 
     key = typ = val = 0.0
+    params, concrete = gold.params, gold.concrete
     for k, v in args.items():
         spec = props.get(k)
-        in_gold = k in gold.params
-        known = spec is not None or in_gold if gold.concrete else spec is not None or schema is None
-        if not known or not in_gold:
+        acc = params.get(k)
+        known = spec is not None or (acc is not None if concrete else schema is None)
+        if not known or acc is None:
             errors.append("unexpected_param")
             msgs.append(f"{gold.name}: unexpected parameter {k!r}")
-        if not known:
-            continue
+            if not known:
+                continue
         key += 1
         if spec is not None and not type_ok(v, spec) and not _gold_typed(v, gold, k, spec):
             errors.append("type_error")
             msgs.append(f"{gold.name}.{k}: {type(v).__name__} {v!r} does not match type {spec.get('type')!r}")
             continue
         typ += 1
-        if in_gold:
-            val += value_points(v, gold.params[k], gold.concrete)
-            if not value_ok(v, gold.params[k], gold.concrete):
+        if acc is None:
+            continue
+        for a in acc:  # exact match: the common case
+            if (concrete or a != "") and _same(v, a):
+                val += 1.0
+                break
+        else:
+            val += value_points(v, acc, concrete)
+            if not value_ok(v, acc, concrete):
                 errors.append("value_error")
-                msgs.append(f"{gold.name}.{k}: {v!r} not in {gold.params[k]!r}")
+                msgs.append(f"{gold.name}.{k}: {v!r} not in {acc!r}")
     missing_opt = [k for k, acc in gold.params.items()
                    if k not in args and k not in required and (gold.concrete or "" not in acc)]
     if missing_opt:
@@ -303,6 +317,8 @@ def score_call(pred: ToolCall, gold: GoldCall, schema: ToolSchema | None,
 
 
 def _dedupe(codes: list[str]) -> list[str]:
+    if not codes:
+        return []
     seen = dict.fromkeys(codes)
     return [c for c in ERROR_CODES if c in seen]
 
@@ -310,22 +326,52 @@ def _dedupe(codes: list[str]) -> list[str]:
 # --------------------------------------------------------------------------- a turn
 
 
-def _schemas(tools: Sequence[Any]) -> dict[str, ToolSchema]:
+def _tool_name(t: Any) -> Any:
+    if isinstance(t, ToolSchema):
+        return t.name
+    if isinstance(t, dict):
+        fn = t.get("function") if isinstance(t.get("function"), dict) else t
+        return fn.get("name")
+    return None
+
+
+def _schemas(tools: Sequence[Any], needed: set[str]) -> dict[str, ToolSchema]:
+    """Validated schemas of the gold functions only (the others are never consulted).
+    Pass :class:`ToolSchema` objects to skip validation (the scoring stage caches them)."""
     out = {}
     for i, t in enumerate(tools):
-        s = t if isinstance(t, ToolSchema) else load_tool(t, i)
-        out[s.name] = s
+        if isinstance(t, ToolSchema):
+            out[t.name] = t
+        elif _tool_name(t) in needed:
+            s = load_tool(t, i)
+            out[s.name] = s
     return out
 
 
 def _match(preds: list[ToolCall], golds: list[GoldCall], schemas: dict[str, ToolSchema],
            weights: ESMWeights) -> list[tuple[int, int, CallScore]]:
     """Best one-to-one matching, maximising (#valid pairs, total score)."""
-    table = {(i, j): score_call(p, g, schemas.get(g.name), weights)
-             for i, p in enumerate(preds) for j, g in enumerate(golds)}
     n, m = len(preds), len(golds)
     if min(n, m) == 0:
         return []
+    # Fast path: pair calls by name in order; if every gold call gets a valid partner, no
+    # other matching can do better.
+    if n == m:
+        free = list(range(n))
+        fast = []
+        for j, g in enumerate(golds):
+            i = next((i for i in free if preds[i].name == g.name), None)
+            if i is None:
+                break
+            cs = score_call(preds[i], g, schemas.get(g.name), weights)
+            if cs.errors:
+                break
+            free.remove(i)
+            fast.append((i, j, cs))
+        if len(fast) == m:
+            return fast
+    table = {(i, j): score_call(p, g, schemas.get(g.name), weights)
+             for i, p in enumerate(preds) for j, g in enumerate(golds)}
 
     def value(pairs: list[tuple[int, int]]) -> tuple[int, float]:
         return (sum(not table[p].errors for p in pairs), sum(table[p].score for p in pairs))
@@ -361,11 +407,11 @@ def esm_score(prediction: Any, tools: Sequence[Any], gold: Sequence[Any] | None 
     Raises ValueError only for bad *gold or schemas* (the caller's data); anything a model
     wrote is scored.
     """
-    schemas = _schemas(tools)
     if possible_answer is not None:
         golds = gold_from_possible_answer(possible_answer)
     else:
         golds = gold_from_calls(gold or [])
+    schemas = _schemas(tools, {g.name for g in golds})
     if isinstance(prediction, str):
         parsed = parse_calls(prediction)
         if parsed.error:

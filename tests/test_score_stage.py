@@ -1,0 +1,70 @@
+"""The scoring stage: the score-calls CLI contract, and the Ray Data actor pool."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ttpa_ray.config import ScoreConfig
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city"]}}}]
+GOLD = [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+
+
+def test_score_calls_cli_contract(tmp_path: Path):
+    lines = [
+        {"tools": TOOLS, "prediction": '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+         "gold": GOLD},
+        {"tools": TOOLS, "prediction": [{"name": "get_weather", "arguments": {"city": "Lyon"}}], "gold": GOLD},
+        "this line is not json",
+        {"tools": TOOLS, "prediction": "no call needed", "gold": []},
+        {"tools": TOOLS, "prediction": "x"},                                            # no gold
+        {"tools": TOOLS, "prediction": "get_weather(city='paris')",
+         "possible_answer": [{"get_weather": {"city": ["Paris"], "days": ["", 1]}}]},
+        {"tools": [{"name": "bad", "parameters": {"type": "array"}}], "prediction": "x", "gold": []},
+        {"tools": TOOLS, "prediction": "<tool_call>{oops</tool_call>", "gold": GOLD},
+    ]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "ttpa_ray.cli", "score-calls", "--input", str(inp), "--output",
+                           str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == len(lines)                                   # one output line per input line
+    assert rows[0]["valid"] and rows[0]["esm_score"] == 1.0 and rows[0]["gold"] == GOLD   # input kept
+    assert not rows[1]["valid"] and rows[1]["errors"] == ["value_error"] and 0 < rows[1]["esm_score"] < 1
+    assert rows[2]["error"].startswith("line 3: not valid JSON") and rows[2]["valid"] is False
+    assert rows[3]["valid"] and rows[3]["esm_score"] == 1.0
+    assert rows[4]["error"].startswith("line 5:") and "exactly one of `gold`" in rows[4]["error"]
+    assert rows[5]["valid"]
+    assert rows[6]["error"].startswith("line 7:") and "parameters.type must be 'object'" in rows[6]["error"]
+    assert rows[7]["errors"] == ["decode_failed"] and rows[7]["esm_score"] == 0.0
+    assert "scored 5 of 8 lines" in proc.stderr and "3 bad line(s)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_ray_data_scoring_pool_keeps_every_row(ray_local):
+    from ttpa_ray.score_stage import score_dataset
+
+    rows = []
+    for i in range(300):
+        city = "Paris" if i % 3 else "Rome"
+        rows.append({"id": i, "tools_json": json.dumps(TOOLS), "gold_json": json.dumps(GOLD),
+                     "prediction": f'<tool_call>{{"name": "get_weather", "arguments": {{"city": "{city}"}}}}</tool_call>',
+                     "possible_answer_json": None})
+    rows.append({"id": 300, "tools_json": "[not json", "gold_json": "[]", "prediction": "", "possible_answer_json": None})
+    ds = ray_local.data.from_items(rows)
+    cfg = ScoreConfig(pool={"min_actors": 1, "max_actors": 2, "num_cpus": 0.5, "batch_size": 64})
+    out = score_dataset(ds, cfg).take_all()
+    assert sorted(r["id"] for r in out) == list(range(301))
+    by_id = {r["id"]: r for r in out}
+    assert all(by_id[i]["valid"] == bool(i % 3) for i in range(300)), [(by_id[i]["valid"], by_id[i]["score_error"], by_id[i]["errors"]) for i in range(4)]
+    assert all(list(by_id[i]["errors"]) == ([] if i % 3 else ["value_error"]) for i in range(300))
+    assert by_id[300]["score_error"].startswith("JSONDecodeError") and not by_id[300]["valid"]

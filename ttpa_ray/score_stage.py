@@ -1,0 +1,146 @@
+"""ESM as a Ray Data stage: ``map_batches`` over an autoscaling pool of scoring actors.
+
+Input columns (one row = one turn to score):
+
+- ``tools_json``: the turn's tool schemas (a JSON list);
+- ``prediction`` (raw model text) or ``prediction_json`` (a JSON list of calls);
+- ``gold_json`` (a JSON list of calls; ``[]`` = no call expected) or ``possible_answer_json``.
+
+Added columns: ``esm_score`` (float), ``errors`` (list of codes), ``valid`` (bool) and
+``score_error`` (None, or why the row could not be scored: bad gold or schemas). A bad row
+is kept and counted, never dropped, and never stops the stage.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ttpa_ray.config import ScoreConfig
+from ttpa_ray.score import ESMWeights, esm_score
+from ttpa_ray.toolcall import ToolSchema, load_tools
+
+
+class ScoreBatch:
+    """Ray Data callable class; also usable directly on a dict of columns."""
+
+    def __init__(self, weights: dict[str, float] | None = None, cache_size: int = 4096):
+        self.weights = ESMWeights(**(weights or {}))
+        self._tools: dict[str, list[ToolSchema]] = {}
+        self._cache_size = cache_size
+
+    def _schemas(self, tools_json: str) -> list[ToolSchema]:
+        # Rows of one instance share tool lists: validate each distinct list once.
+        hit = self._tools.get(tools_json)
+        if hit is None:
+            hit = load_tools(json.loads(tools_json))
+            if len(self._tools) >= self._cache_size:
+                self._tools.clear()
+            self._tools[tools_json] = hit
+        return hit
+
+    def score_row(self, row: dict[str, Any]) -> tuple[float | None, list[str], bool, str | None]:
+        try:
+            tools = self._schemas(row["tools_json"])
+            pred = row.get("prediction")
+            if pred is None and row.get("prediction_json") is not None:
+                pred = json.loads(row["prediction_json"])
+            if row.get("possible_answer_json") is not None:
+                r = esm_score(pred, tools, possible_answer=json.loads(row["possible_answer_json"]),
+                              weights=self.weights)
+            else:
+                r = esm_score(pred, tools, gold=json.loads(row["gold_json"] or "[]"), weights=self.weights)
+            return r.score, r.errors, r.valid, None
+        except (ValueError, TypeError, KeyError) as exc:  # bad gold/schemas: an error row, counted
+            return None, [], False, f"{type(exc).__name__}: {exc}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(next(iter(batch.values())))
+        cols = list(batch)
+        scores, errors, valid, bad = [], [], [], []
+        for i in range(n):
+            s, e, v, b = self.score_row({c: _py(batch[c][i]) for c in cols})
+            scores.append(np.nan if s is None else s)
+            errors.append(e)
+            valid.append(v)
+            bad.append(b)
+        out = dict(batch)
+        out["esm_score"] = np.array(scores, dtype=np.float64)
+        arr = np.empty(n, dtype=object)
+        arr[:] = errors
+        out["errors"] = arr
+        out["valid"] = np.array(valid, dtype=bool)
+        out["score_error"] = np.array(bad, dtype=object)
+        return out
+
+
+def _py(x: Any) -> Any:
+    # An all-null Arrow column arrives as NaN floats (np.float32 included).
+    if x is None or (isinstance(x, (float, np.floating)) and x != x):
+        return None
+    return x
+
+
+def score_dataset(ds: Any, cfg: ScoreConfig) -> Any:
+    """Add ESM columns to a Ray Dataset using a pool of scoring actors."""
+    import ray
+
+    return ds.map_batches(
+        ScoreBatch, fn_constructor_kwargs={"weights": cfg.weights.model_dump()},
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.pool.min_actors, max_size=cfg.pool.max_actors),
+        num_cpus=cfg.pool.num_cpus, batch_size=cfg.pool.batch_size, batch_format="numpy",
+    )
+
+
+def score_jsonl(inp: str, out: str, weights: dict[str, float] | None = None) -> dict[str, int]:
+    """``ttpa score-calls``: score each JSON line of ``inp`` into ``out`` (in process, no Ray).
+
+    Input line: ``{"tools": [...], "prediction": "<text>" | [calls], "gold": [calls]}`` or
+    ``... "possible_answer": [{"func": {"param": [values]}}]``. Output line: the input plus
+    ``esm_score``, ``errors``, ``valid``. A bad line becomes ``{"line": N, "error": "...",
+    "esm_score": null, "errors": [], "valid": false}``; the other lines are still scored.
+    """
+    scorer = ScoreBatch(weights)
+    counts = {"lines": 0, "scored": 0, "valid": 0, "bad_lines": 0}
+    with open(inp, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
+        for n, line in enumerate(src, start=1):
+            if not line.strip():
+                continue
+            counts["lines"] += 1
+            problem, item = _read_line(line)
+            if item is not None:
+                row = {"tools_json": json.dumps(item["tools"]),
+                       "prediction": item["prediction"] if isinstance(item["prediction"], str) else None,
+                       "prediction_json": None if isinstance(item["prediction"], str) else json.dumps(item["prediction"]),
+                       "gold_json": json.dumps(item["gold"]) if "gold" in item else None,
+                       "possible_answer_json": json.dumps(item["possible_answer"]) if "possible_answer" in item else None}
+                score, errors, valid, problem = scorer.score_row(row)
+            if problem is not None:
+                counts["bad_lines"] += 1
+                dst.write(json.dumps({"line": n, "error": f"line {n}: {problem}", "esm_score": None, "errors": [],
+                                      "valid": False}) + "\n")
+                continue
+            counts["scored"] += 1
+            counts["valid"] += bool(valid)
+            dst.write(json.dumps(item | {"esm_score": score, "errors": errors, "valid": valid}, ensure_ascii=False)
+                      + "\n")
+    return counts
+
+
+def _read_line(line: str) -> tuple[str | None, dict[str, Any] | None]:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg} at char {exc.pos})", None
+    if not isinstance(item, dict):
+        return "each line must be a JSON object", None
+    missing = [k for k in ("tools", "prediction") if k not in item]
+    if missing:
+        return f"missing {missing}", None
+    if ("gold" in item) == ("possible_answer" in item):
+        return "give exactly one of `gold` (a list of calls, [] = no call expected) or `possible_answer`", None
+    if not isinstance(item["tools"], list):
+        return "`tools` must be a list of tool schemas", None
+    return None, item
