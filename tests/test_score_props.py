@@ -110,6 +110,12 @@ def test_gold_scores_one_and_any_prediction_in_range(gold, pred):
     assert 0.0 <= res.score <= 1.0 + 1e-12
 
 
+def test_gold_of_another_type_than_schema_still_scores_one():
+    # Found by hypothesis: a concrete gold "" for an integer parameter.
+    gold = [{"name": "book", "arguments": {"nights": ""}}]
+    assert s(gold, gold=gold).score == 1.0 and s(gold, gold=gold).valid
+
+
 def test_bad_gold_is_a_value_error_naming_the_problem():
     with pytest.raises(ValueError, match="no function name"):
         s("x", gold=[{"name": "", "arguments": {}}])

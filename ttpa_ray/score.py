@@ -18,7 +18,8 @@ The released TTPA formula, per matched (predicted, gold) call::
 Departures, all documented here:
 - gold given as BFCL possible answers: the value term takes the best acceptable value; a gold
   parameter whose acceptable values include ``""`` is optional and does not count in |gold args|;
-- a turn with several calls: calls are matched one-to-one to maximise (valid pairs, total
+- a turn with several calls: each gold call first takes a fully valid predicted call of the
+  same name (as BFCL's parallel checker), the rest are matched to maximise (valid pairs, total
   score); the turn score is the sum of matched scores / max(#predicted, #gold);
 - no call expected: 1.0 if none made, else 0.0; a call expected but none made, or undecodable
   output: 0.0.
@@ -72,13 +73,20 @@ class ESMWeights:
 DEFAULT_WEIGHTS = ESMWeights()
 
 
-@dataclass(frozen=True)
 class GoldCall:
     """A gold call as acceptable values per parameter (concrete gold: one value each)."""
 
-    name: str
-    params: dict[str, list[Any]]
-    concrete: bool
+    __slots__ = ("name", "params", "concrete", "n_needed")
+
+    def __init__(self, name: str, params: dict[str, list[Any]], concrete: bool):
+        self.name = name
+        self.params = params
+        self.concrete = concrete
+        # Parameters the prediction must give (all for concrete gold; those without "" otherwise).
+        self.n_needed = len(params) if concrete else sum(1 for acc in params.values() if "" not in acc)
+
+    def __repr__(self) -> str:
+        return f"GoldCall({self.name!r}, {self.params!r}, concrete={self.concrete})"
 
 
 @dataclass
@@ -95,8 +103,8 @@ class ESMResult:
     errors: list[str]
     valid: bool
     messages: list[str] = field(default_factory=list)
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    """Per matched pair: predicted index, gold index, score, terms."""
+    calls: list[tuple[int, int, CallScore]] = field(default_factory=list)
+    """Matched pairs: (predicted index, gold index, its CallScore with the formula's terms)."""
 
 
 # --------------------------------------------------------------------------- values
@@ -216,7 +224,8 @@ def _gold_typed(value: Any, gold: GoldCall, key: str, spec: dict[str, Any]) -> b
     check (its value is still checked)."""
     if key not in gold.params:
         return False
-    return any(type(a) is type(value) and not type_ok(a, spec) for a in gold.params[key] if a != "")
+    return any(type(a) is type(value) and not type_ok(a, spec)
+               for a in gold.params[key] if gold.concrete or a != "")
 
 
 # --------------------------------------------------------------------------- gold
@@ -247,7 +256,7 @@ def gold_from_possible_answer(answer: Sequence[dict[str, dict[str, list[Any]]]])
 
 
 def score_call(pred: ToolCall, gold: GoldCall, schema: ToolSchema | None,
-               weights: ESMWeights = DEFAULT_WEIGHTS) -> CallScore:
+               weights: ESMWeights = DEFAULT_WEIGHTS, explain: bool = True) -> CallScore:
     """Score one predicted call against one gold call under the gold function's schema.
 
     Gold is the reference where gold and schema disagree (a schema-required parameter the
@@ -258,36 +267,50 @@ def score_call(pred: ToolCall, gold: GoldCall, schema: ToolSchema | None,
     msgs: list[str] = []
     args = pred.arguments
     props = schema.properties if schema is not None else {}
+    params, concrete = gold.params, gold.concrete
     if schema is not None:
-        required = tuple(r for r in schema.required if r in gold.params)
+        required = schema.required
+        for r in required:
+            if r not in params:
+                required = tuple(r for r in schema.required if r in params)
+                break
     else:
-        required = tuple(k for k, v in gold.params.items() if gold.concrete or "" not in v)
+        required = tuple(k for k, v in params.items() if concrete or "" not in v)
 
     s_name = 1.0 if pred.name == gold.name else 0.0
     if not s_name:
         errors.append("wrong_func_name")
-        msgs.append(f"function {pred.name!r}, expected {gold.name!r}")
-    present = [r for r in required if r in args]
-    s_req = len(present) / len(required) if required else 1.0
-    if len(present) < len(required):
+        if explain:
+            msgs.append(f"function {pred.name!r}, expected {gold.name!r}")
+    n_present = 0
+    for r in required:
+        if r in args:
+            n_present += 1
+    s_req = n_present / len(required) if required else 1.0
+    if n_present < len(required):
         errors.append("missing_required")
-        msgs.append(f"{gold.name}: missing required {[r for r in required if r not in args]}")
+        if explain:
+            msgs.append(f"{gold.name}: missing required {[r for r in required if r not in args]}")
 
     key = typ = val = 0.0
-    params, concrete = gold.params, gold.concrete
+    n_in_gold = 0
     for k, v in args.items():
         spec = props.get(k)
         acc = params.get(k)
+        if acc is not None:
+            n_in_gold += 1
         known = spec is not None or (acc is not None if concrete else schema is None)
         if not known or acc is None:
             errors.append("unexpected_param")
-            msgs.append(f"{gold.name}: unexpected parameter {k!r}")
+            if explain:
+                msgs.append(f"{gold.name}: unexpected parameter {k!r}")
             if not known:
                 continue
         key += 1
         if spec is not None and not type_ok(v, spec) and not _gold_typed(v, gold, k, spec):
             errors.append("type_error")
-            msgs.append(f"{gold.name}.{k}: {type(v).__name__} {v!r} does not match type {spec.get('type')!r}")
+            if explain:
+                msgs.append(f"{gold.name}.{k}: {type(v).__name__} {v!r} does not match type {spec.get('type')!r}")
             continue
         typ += 1
         if acc is None:
@@ -300,14 +323,16 @@ def score_call(pred: ToolCall, gold: GoldCall, schema: ToolSchema | None,
             val += value_points(v, acc, concrete)
             if not value_ok(v, acc, concrete):
                 errors.append("value_error")
-                msgs.append(f"{gold.name}.{k}: {v!r} not in {acc!r}")
-    missing_opt = [k for k, acc in gold.params.items()
-                   if k not in args and k not in required and (gold.concrete or "" not in acc)]
+                if explain:
+                    msgs.append(f"{gold.name}.{k}: {v!r} not in {acc!r}")
+    missing_opt = [] if n_in_gold == len(params) else [
+        k for k, acc in params.items() if k not in args and k not in required and (concrete or "" not in acc)]
     if missing_opt:
         errors.append("missing_optional")
-        msgs.append(f"{gold.name}: gold sets {missing_opt}, prediction omits them")
+        if explain:
+            msgs.append(f"{gold.name}: gold sets {missing_opt}, prediction omits them")
 
-    n_gold = sum(1 for acc in gold.params.values() if gold.concrete or "" not in acc)
+    n_gold = gold.n_needed
     denom = max(len(args), n_gold)
     s_key, s_type, s_value = (key / denom, typ / denom, val / denom) if denom else (1.0, 1.0, 1.0)
     w = weights
@@ -350,53 +375,69 @@ def _schemas(tools: Sequence[Any], needed: set[str]) -> dict[str, ToolSchema]:
 
 def _match(preds: list[ToolCall], golds: list[GoldCall], schemas: dict[str, ToolSchema],
            weights: ESMWeights) -> list[tuple[int, int, CallScore]]:
-    """Best one-to-one matching, maximising (#valid pairs, total score)."""
+    """One-to-one matching of predicted to gold calls.
+
+    First, as BFCL's parallel checker does, each gold call takes a free predicted call of the
+    same name that is fully valid (trying the one at the same position first). The calls left
+    over are then matched optimally, maximising (#valid pairs, total score).
+    """
     n, m = len(preds), len(golds)
     if min(n, m) == 0:
         return []
-    # Fast path: pair calls by name in order; if every gold call gets a valid partner, no
-    # other matching can do better.
-    if n == m:
-        free = list(range(n))
-        fast = []
-        for j, g in enumerate(golds):
-            i = next((i for i in free if preds[i].name == g.name), None)
-            if i is None:
+    if n == m == 1:
+        return [(0, 0, score_call(preds[0], golds[0], schemas.get(golds[0].name), weights))]
+    pairs: list[tuple[int, int, CallScore]] = []
+    tried: dict[tuple[int, int], CallScore] = {}
+    free = set(range(n))
+    left_gold = []
+    for j, g in enumerate(golds):
+        hit = None
+        for i in sorted((i for i in free if preds[i].name == g.name), key=lambda i: abs(i - j)):
+            cs = tried[(i, j)] = score_call(preds[i], g, schemas.get(g.name), weights, explain=False)
+            if not cs.errors:
+                hit = (i, j, cs)
                 break
-            cs = score_call(preds[i], g, schemas.get(g.name), weights)
-            if cs.errors:
-                break
-            free.remove(i)
-            fast.append((i, j, cs))
-        if len(fast) == m:
-            return fast
-    table = {(i, j): score_call(p, g, schemas.get(g.name), weights)
-             for i, p in enumerate(preds) for j, g in enumerate(golds)}
-
-    def value(pairs: list[tuple[int, int]]) -> tuple[int, float]:
-        return (sum(not table[p].errors for p in pairs), sum(table[p].score for p in pairs))
-
-    if max(n, m) <= 7:
-        best: list[tuple[int, int]] = []
-        best_v = (-1, -1.0)
-        if n <= m:
-            for perm in itertools.permutations(range(m), n):
-                pairs = list(zip(range(n), perm))
-                if (v := value(pairs)) > best_v:
-                    best, best_v = pairs, v
+        if hit is None:
+            left_gold.append(j)
         else:
-            for perm in itertools.permutations(range(n), m):
-                pairs = list(zip(perm, range(m)))
-                if (v := value(pairs)) > best_v:
-                    best, best_v = pairs, v
+            free.discard(hit[0])
+            pairs.append(hit)
+    left_pred = sorted(free)
+    if left_pred and left_gold:
+        pairs.extend(_best_assignment(preds, golds, left_pred, left_gold, schemas, weights, tried))
+    return sorted(pairs, key=lambda p: p[1])
+
+
+def _best_assignment(preds: list[ToolCall], golds: list[GoldCall], rows: list[int], cols: list[int],
+                     schemas: dict[str, ToolSchema], weights: ESMWeights,
+                     tried: dict[tuple[int, int], CallScore]) -> list[tuple[int, int, CallScore]]:
+    table = {(i, j): tried.get((i, j)) or score_call(preds[i], golds[j], schemas.get(golds[j].name), weights,
+                                                      explain=False)
+             for i in rows for j in cols}
+
+    def value(cand: list[tuple[int, int]]) -> tuple[int, float]:
+        return (sum(not table[p].errors for p in cand), sum(table[p].score for p in cand))
+
+    best: list[tuple[int, int]] = []
+    if max(len(rows), len(cols)) <= 7:
+        best_v = (-1, -1.0)
+        if len(rows) <= len(cols):
+            options = (list(zip(rows, perm)) for perm in itertools.permutations(cols, len(rows)))
+        else:
+            options = (list(zip(perm, cols)) for perm in itertools.permutations(rows, len(cols)))
+        for cand in options:
+            if (v := value(cand)) > best_v:
+                best, best_v = cand, v
     else:  # greedy for unusually long turns
-        best, used_i, used_j = [], set(), set()
+        used_i, used_j = set(), set()
         for (i, j) in sorted(table, key=lambda p: (not table[p].errors, table[p].score), reverse=True):
             if i not in used_i and j not in used_j:
                 best.append((i, j))
                 used_i.add(i)
                 used_j.add(j)
-    return [(i, j, table[(i, j)]) for i, j in sorted(best, key=lambda p: p[1])]
+    # Explain the chosen pairs that have errors (matching itself skipped the messages).
+    return [(i, j, score_call(preds[i], golds[j], schemas.get(golds[j].name), weights) if table[(i, j)].errors
+             else table[(i, j)]) for i, j in best]
 
 
 def esm_score(prediction: Any, tools: Sequence[Any], gold: Sequence[Any] | None = None,
@@ -444,5 +485,4 @@ def esm_score(prediction: Any, tools: Sequence[Any], gold: Sequence[Any] | None 
         msgs.extend(cs.messages)
     total = sum(cs.score for _, _, cs in pairs) / max(len(preds), len(golds))
     codes = _dedupe(errors)
-    return ESMResult(total, codes, not codes, msgs,
-                     [{"pred": i, "gold": j, "score": cs.score, **cs.terms} for i, j, cs in pairs])
+    return ESMResult(total, codes, not codes, msgs, [(i, j, cs) for i, j, cs in pairs])
