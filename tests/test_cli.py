@@ -21,10 +21,10 @@ def ttpa(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 def test_bad_job_exits_2_with_every_problem(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nengine: {backend: nope, pool: {num_cpus: 0}}\n")
+    bad.write_text("name: x\ntarget: {backend: nope, pool: {num_cpus: 0}}\n")
     proc = ttpa("run", str(bad))
     assert proc.returncode == 2
-    assert "2 problem(s)" in proc.stderr and "engine.backend" in proc.stderr and "engine.pool.num_cpus" in proc.stderr
+    assert "2 problem(s)" in proc.stderr and "target.backend" in proc.stderr and "target.pool.num_cpus" in proc.stderr
 
 
 @pytest.mark.slow

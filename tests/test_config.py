@@ -27,7 +27,7 @@ def test_bad_config_lists_every_problem(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "name: x\n"
-        "engine:\n  backend: tensorrt\n  max_model_len: 3\n  pool: {min_actors: 3, max_actors: 1}\n  colour: blue\n"
+        "target:\n  backend: tensorrt\n  max_model_len: 3\n  pool: {min_actors: 3, max_actors: 1}\n  colour: blue\n"
         "probe: {num_prompts: 0}\n"
         "trainn: {}\n"
     )
@@ -36,17 +36,17 @@ def test_bad_config_lists_every_problem(tmp_path: Path):
     problems = info.value.problems
     text = str(info.value)
     assert len(problems) == 6, problems
-    assert "engine.backend" in text and "'vllm'" in text
-    assert "engine.max_model_len" in text
-    assert "engine.pool" in text and "min_actors (3) must be <= max_actors (1)" in text
-    assert "engine.colour: unknown key; allowed here:" in text and "max_model_len" in text
+    assert "target.backend" in text and "'vllm'" in text
+    assert "target.max_model_len" in text
+    assert "target.pool" in text and "min_actors (3) must be <= max_actors (1)" in text
+    assert "target.colour: unknown key; allowed here:" in text and "max_model_len" in text
     assert "probe.num_prompts" in text
     assert "trainn: unknown key" in text
 
 
 def test_missing_name_and_bad_yaml(tmp_path: Path):
     f = tmp_path / "a.yaml"
-    f.write_text("engine: {backend: vllm}\n")
+    f.write_text("target: {backend: vllm}\n")
     with pytest.raises(ConfigError, match="name: required"):
         load_job(f)
     f.write_text("name: [unclosed\n")
@@ -57,13 +57,13 @@ def test_missing_name_and_bad_yaml(tmp_path: Path):
 
 
 def test_overrides_apply_and_are_validated(tmp_path: Path):
-    job = load_job(JOBS[0], ["engine.backend=transformers", "engine.pool.batch_size=3", "seed=7"])
-    assert job.engine.backend == "transformers" and job.engine.pool.batch_size == 3 and job.seed == 7
+    job = load_job(JOBS[0], ["target.backend=transformers", "target.pool.batch_size=3", "seed=7"])
+    assert job.target.backend == "transformers" and job.target.pool.batch_size == 3 and job.seed == 7
     with pytest.raises(ConfigError) as info:
-        load_job(JOBS[0], ["engine.nope=1", "probe.max_tokens=-1"])
+        load_job(JOBS[0], ["target.nope=1", "probe.max_tokens=-1"])
     assert len(info.value.problems) == 2
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
-        load_job(JOBS[0], ["engine.backend"])
+        load_job(JOBS[0], ["target.backend"])
 
 
 def test_openai_backend_needs_api_base_and_env_name():

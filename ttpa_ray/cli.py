@@ -1,6 +1,8 @@
 """The ``ttpa`` command.
 
     ttpa run jobs/demo-cpu.yaml [key=value ...] [--from STAGE]
+    ttpa construct jobs/demo-cpu.yaml [key=value ...]
+    ttpa sample jobs/demo-cpu.yaml [key=value ...]
     ttpa models prepare smollm2-135m-instruct | tiny-random | PATH
     ttpa models list
     ttpa score-calls --input IN.jsonl --output OUT.jsonl
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -28,6 +31,16 @@ def _run(args: argparse.Namespace) -> int:
     for name, manifest in results.items():
         counts = {k: v for k, v in manifest.items() if k not in ("stage", "status", "fingerprint")}
         print(f"  {name:10s} {counts}")
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from ttpa_ray.pipeline import run_pipeline
+
+    job = load_job(args.job, args.overrides)
+    manifest = run_pipeline(job, only=args.command)[args.command]
+    print(f"{args.command}: {job.run_dir / args.command}")
+    print(json.dumps({k: v for k, v in manifest.items() if k not in ("stage", "status", "fingerprint")}, indent=2))
     return 0
 
 
@@ -83,9 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job's stages in order (skips complete ones)")
     run.add_argument("job", help="job YAML, e.g. jobs/demo-cpu.yaml")
-    run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. engine.backend=transformers")
+    run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. target.backend=transformers")
     run.add_argument("--from", dest="from_stage", help="redo this stage and the ones after it")
     run.set_defaults(fn=_run)
+
+    for stage, text in (("construct", "reversed construction of tool-use instances"),
+                        ("sample", "token-level preference sampling + ESM scoring -> pairs"),
+                        ("probe", "the target engine answers tool-use prompts")):
+        p = sub.add_parser(stage, help=f"run one stage: {text} (redone even if complete)")
+        p.add_argument("job")
+        p.add_argument("overrides", nargs="*")
+        p.set_defaults(fn=_stage)
 
     models = sub.add_parser("models", help="prepare or list models (never downloads from a hub)")
     models.add_argument("action", choices=["prepare", "list"])

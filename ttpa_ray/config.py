@@ -1,15 +1,16 @@
 """Typed job configuration.
 
 One YAML file per job in ``jobs/``; its first line is the exact launch command. Each
-pipeline stage receives only its own section (``job.engine``, ``job.score`` ...), never the
+pipeline stage receives only its own section (``job.construct``, ``job.score`` ...), never the
 whole job. ``key.sub=value`` overrides from the command line are applied before validation,
 and validation reports every problem at once, each with its dotted path and how to fix it.
 
-    job = load_job("jobs/demo-cpu.yaml", ["engine.backend=transformers"])
+    job = load_job("jobs/demo-cpu.yaml", ["target.backend=transformers"])
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,6 +142,80 @@ class ScoreConfig(Section):
     pool: PoolConfig = PoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=512)
 
 
+class ConstructMaxTokens(Section):
+    scenario: int = Field(96, ge=8)
+    call: int = Field(192, ge=16)
+    simulate: int = Field(160, ge=8)
+    answer: int = Field(160, ge=8)
+    query: int = Field(80, ge=8)
+
+
+class SandboxSection(Section):
+    timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit per tool call.")
+    memory_mb: int = Field(512, ge=64, description="Address-space cap of the tool worker process.")
+
+
+class ConstructFilters(Section):
+    min_answer_chars: int = Field(8, ge=0)
+    min_query_chars: int = Field(8, ge=0)
+    forbid_tool_names: bool = Field(True, description="Drop queries that name a tool (e.g. 'get_weather').")
+    forbid_argument_leak: bool = Field(
+        False, description="Drop queries that repeat a string argument value verbatim (strict; off by default "
+        "because natural queries mention cities, dates ...).")
+    dedupe: bool = True
+
+
+def _range(v: tuple[int, int], what: str) -> tuple[int, int]:
+    if v[0] > v[1]:
+        raise ValueError(f"{what}: min {v[0]} > max {v[1]}; write [min, max]")
+    return v
+
+
+class ConstructConfig(Section):
+    """Reversed construction: the generator, the catalog, and how instances are drawn."""
+
+    enabled: bool = True
+    catalog: str = Field("bundled", description="'bundled' or a path: OpenAI-schema JSON/JSONL, or a ToolBench folder.")
+    num_instances: int = Field(16, ge=1)
+    tools_per_instance: tuple[int, int] = Field((1, 3), description="[min, max] tools offered per instance.")
+    calls_per_turn: tuple[int, int] = Field((1, 2), description="[min, max] tool calls per turn.")
+    turns: int = Field(1, ge=1, le=8, description="User turns per instance.")
+    temperature: float = Field(0.7, ge=0)
+    grounded: bool = Field(True, description="Build scenarios around known-good example calls of the catalog "
+                                             "(see construct_steps); needed for small generators.")
+    max_tokens: ConstructMaxTokens = ConstructMaxTokens()
+    sandbox: SandboxSection = SandboxSection()
+    filters: ConstructFilters = ConstructFilters()
+    generator: EngineConfig = EngineConfig(pool=PoolConfig(batch_size=8))
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ConstructConfig:
+        _range(self.tools_per_instance, "tools_per_instance")
+        _range(self.calls_per_turn, "calls_per_turn")
+        if self.tools_per_instance[0] < 1 or self.calls_per_turn[0] < 1:
+            raise ValueError("tools_per_instance and calls_per_turn start at 1")
+        return self
+
+
+class SampleConfig(Section):
+    """Token-level preference sampling on the target model (``target`` section)."""
+
+    enabled: bool = True
+    mode: Literal["tps", "nsample"] = Field("tps", description="tps: branch at single tokens; nsample: n whole "
+                                                                "completions per turn (the authors' released code).")
+    top_k: int = Field(5, ge=1, le=20, description="Alternatives read per gold token (prompt_logprobs).")
+    min_prob: float = Field(0.05, gt=0, lt=1, description="Branch where an alternative has at least this probability.")
+    max_branches_per_call: int = Field(4, ge=1)
+    max_tokens: int = Field(192, ge=8, description="Completion length of a branch or sample.")
+    temperature: float = Field(0.0, ge=0, description="Branch completion: 0 = greedy.")
+    n_samples: int = Field(8, ge=2, description="nsample mode: completions per turn.")
+    nsample_temperature: float = Field(1.0, gt=0)
+
+
+# `construct` (a stage name) shadows pydantic's deprecated BaseModel.construct alias; harmless.
+warnings.filterwarnings("ignore", message='Field name "construct"', category=UserWarning)
+
+
 class JobConfig(Section):
     """A whole job. Stages receive their own section only."""
 
@@ -148,8 +223,10 @@ class JobConfig(Section):
     output_dir: str = Field("runs", description="Runs are written to <output_dir>/<name>/.")
     seed: int = 0
     ray: RayConfig = RayConfig()
-    engine: EngineConfig = EngineConfig()
+    target: EngineConfig = Field(EngineConfig(), description="The model being aligned: probed, sampled (TPS), evaluated.")
     probe: ProbeConfig = ProbeConfig()
+    construct: ConstructConfig = ConstructConfig()
+    sample: SampleConfig = SampleConfig()
     score: ScoreConfig = ScoreConfig()
 
     @property

@@ -2,8 +2,10 @@
 ``manifest.json``); a rerun skips a stage whose manifest is complete for the same config
 section, and ``--from STAGE`` forces a redo from there.
 
-Stages that exist so far: ``probe`` (the engine pool answering tool-use prompts). Later
-stages (construct, sample, score, train, evaluate) plug into :data:`STAGES` the same way.
+Stages so far: ``probe`` (the target engine pool on tool-use prompts), ``construct``
+(reversed construction), ``sample`` (TPS + ESM scoring -> pairs). Later stages (train,
+evaluate) plug into :data:`STAGES` the same way. A stage whose inputs changed is redone,
+and so is every stage after it.
 """
 
 from __future__ import annotations
@@ -26,17 +28,37 @@ MANIFEST = "manifest.json"
 def _probe(job: JobConfig, out: Path) -> dict[str, Any]:
     from ttpa_ray.probe import run_probe
 
-    return run_probe(job.probe, job.engine, out, seed=job.seed)
+    return run_probe(job.probe, job.target, out, seed=job.seed)
 
 
-# name -> (runner, the config sections the stage reads: its fingerprint)
-STAGES: dict[str, tuple[Callable[[JobConfig, Path], dict[str, Any]], tuple[str, ...]]] = {
-    "probe": (_probe, ("probe", "engine")),
+def _construct(job: JobConfig, out: Path) -> dict[str, Any]:
+    from ttpa_ray.construct import run_construct
+
+    return run_construct(job.construct, out, seed=job.seed)
+
+
+def _sample(job: JobConfig, out: Path) -> dict[str, Any]:
+    from ttpa_ray.sample import run_sample
+
+    instances = job.run_dir / "construct" / "instances.parquet"
+    if not instances.is_file():
+        raise ValueError(f"sample reads {instances}: run the construct stage first (ttpa construct ...)")
+    return run_sample(job.sample, job.target, job.score, instances, out, seed=job.seed)
+
+
+# name -> (runner, config sections it reads (its fingerprint), stages whose output it reads)
+STAGES: dict[str, tuple[Callable[[JobConfig, Path], dict[str, Any]], tuple[str, ...], tuple[str, ...]]] = {
+    "probe": (_probe, ("probe", "target"), ()),
+    "construct": (_construct, ("construct", "seed"), ()),
+    "sample": (_sample, ("sample", "target", "score", "seed"), ("construct",)),
 }
 
 
 def fingerprint(job: JobConfig, sections: tuple[str, ...]) -> str:
-    data = json.dumps({s: getattr(job, s).model_dump(mode="json") for s in sections}, sort_keys=True)
+    def dump(v: Any) -> Any:
+        return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+
+    data = json.dumps({s: dump(getattr(job, s)) for s in sections}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -45,22 +67,30 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_pipeline(job: JobConfig, from_stage: str | None = None) -> dict[str, dict[str, Any]]:
+def run_pipeline(job: JobConfig, from_stage: str | None = None,
+                 only: str | None = None) -> dict[str, dict[str, Any]]:
+    """Run the job's enabled stages (or ``only`` that one, redone), skipping complete ones."""
     from ttpa_ray.runtime import init_ray
 
-    if from_stage is not None and from_stage not in STAGES:
-        raise ValueError(f"--from {from_stage}: unknown stage; stages are {', '.join(STAGES)}")
+    for flag, value in (("--from", from_stage), ("stage", only)):
+        if value is not None and value not in STAGES:
+            raise ValueError(f"{flag} {value}: unknown stage; stages are {', '.join(STAGES)}")
     run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "job.json").write_text(job.model_dump_json(indent=2))
     init_ray(job.ray.address, job.ray.num_cpus, job.ray.include_dashboard)
-    forced = False
+    after_from = False
+    ran: set[str] = set()
     results = {}
-    for name, (runner, sections) in STAGES.items():
-        if not getattr(job, name).enabled:
+    for name, (runner, sections, upstream) in STAGES.items():
+        if only is not None and name != only:
+            continue
+        if only is None and not getattr(job, name).enabled:
             log.info("stage %s: disabled in the job", name)
             continue
-        forced = forced or name == from_stage
+        after_from = after_from or name == from_stage
+        # Redo when asked, or when a stage whose output this one reads was just redone.
+        forced = after_from or name == only or bool(ran & set(upstream))
         stage_dir = run_dir / name
         fp = fingerprint(job, sections)
         manifest = read_manifest(stage_dir)
@@ -68,7 +98,9 @@ def run_pipeline(job: JobConfig, from_stage: str | None = None) -> dict[str, dic
             log.info("stage %s: complete, skipped (%s)", name, stage_dir)
             results[name] = manifest
             continue
+        ran.add(name)
         stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / MANIFEST).unlink(missing_ok=True)
         log.info("stage %s: running -> %s", name, stage_dir)
         t0 = time.time()
         counts = runner(job, stage_dir)

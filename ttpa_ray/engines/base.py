@@ -71,7 +71,10 @@ class Generation:
 class Engine(Protocol):
     """What every backend implements."""
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]: ...
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]
+                 ) -> list[Generation]:
+        """``params`` is one SamplingParams for all prompts, or one per prompt."""
+        ...
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
@@ -84,10 +87,33 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def per_prompt(params: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    params = list(params)
+    if len(params) != n:
+        raise ValueError(f"got {len(params)} SamplingParams for {n} prompts")
+    return params
+
+
+def grouped(params: list[SamplingParams]) -> list[tuple[SamplingParams, list[int]]]:
+    """Indices of prompts sharing the same params (engines without per-prompt params)."""
+    groups: dict[int, tuple[SamplingParams, list[int]]] = {}
+    for i, p in enumerate(params):
+        key = id(p)
+        for k, (q, idx) in groups.items():
+            if q == p:
+                key = k
+                break
+        groups.setdefault(key, (p, []))[1].append(i)
+    return list(groups.values())
+
+
 class TemplateChat:
     """``chat()`` for local engines: render with the model's chat template, then generate."""
 
-    def chat(self, conversations: Sequence[list[dict[str, Any]]], params: SamplingParams,
+    def chat(self, conversations: Sequence[list[dict[str, Any]]],
+             params: SamplingParams | Sequence[SamplingParams],
              tools: list[dict[str, Any]] | None = None) -> list[Generation]:
         prompts = [self.apply_chat_template(m, tools=tools) for m in conversations]  # type: ignore[attr-defined]
         return self.generate(prompts, params)  # type: ignore[attr-defined]

@@ -11,7 +11,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ttpa_ray.engines.base import Completion, Generation, Prompt, SamplingParams, TemplateChat, TopK
+from ttpa_ray.engines.base import (Completion, Generation, Prompt, SamplingParams, TemplateChat, TopK, grouped,
+                                  per_prompt)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,17 @@ class HFEngine(TemplateChat):
             return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         return list(prompt)
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]
+                 ) -> list[Generation]:
+        if isinstance(params, SamplingParams):
+            return self._generate(prompts, params)
+        results: list[Generation | None] = [None] * len(prompts)
+        for p, idx in grouped(per_prompt(params, len(prompts))):
+            for i, g in zip(idx, self._generate([prompts[i] for i in idx], p)):
+                results[i] = g
+        return [r for r in results if r is not None]
+
+    def _generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
         torch = self.torch
         ids = [self._ids(p) for p in prompts]
         results = [Generation(prompt_token_ids=x) for x in ids]

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from ttpa_ray.engines.base import Completion, Generation, Prompt, SamplingParams, TopK
+from ttpa_ray.engines.base import Completion, Generation, Prompt, SamplingParams, TopK, per_prompt
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,12 @@ class OpenAIEngine:
             body["structured_outputs"] = {"json": params.json_schema}
         return body
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
-        def one(prompt: Prompt) -> Generation:
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]
+                 ) -> list[Generation]:
+        plist = per_prompt(params, len(prompts))
+
+        def one(item: tuple[Prompt, SamplingParams]) -> Generation:
+            prompt, params = item
             body = self._body(params) | {"prompt": prompt, "return_tokens_as_token_ids": True}
             if params.logprobs is not None:
                 body["logprobs"] = params.logprobs
@@ -83,11 +87,14 @@ class OpenAIEngine:
                                   error=f"{type(exc).__name__}: {exc}")
 
         with ThreadPoolExecutor(self.max_concurrency) as pool:
-            return list(pool.map(one, prompts))
+            return list(pool.map(one, zip(prompts, plist)))
 
-    def chat(self, conversations: Sequence[list[dict[str, Any]]], params: SamplingParams,
+    def chat(self, conversations: Sequence[list[dict[str, Any]]], params: SamplingParams | Sequence[SamplingParams],
              tools: list[dict[str, Any]] | None = None) -> list[Generation]:
-        def one(messages: list[dict[str, Any]]) -> Generation:
+        plist = per_prompt(params, len(conversations))
+
+        def one(item: tuple[list[dict[str, Any]], SamplingParams]) -> Generation:
+            messages, params = item
             body = self._body(params) | {"messages": messages}
             if tools:
                 body["tools"] = tools
@@ -104,7 +111,7 @@ class OpenAIEngine:
             return gen
 
         with ThreadPoolExecutor(self.max_concurrency) as pool:
-            return list(pool.map(one, conversations))
+            return list(pool.map(one, zip(conversations, plist)))
 
     @staticmethod
     def _token_id(token: str) -> int:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ttpa_ray.engines.base import Completion, Generation, Prompt, SamplingParams, TemplateChat, TopK
+from ttpa_ray.engines.base import Completion, Generation, Prompt, SamplingParams, TemplateChat, TopK, per_prompt
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class VLLMEngine(TemplateChat):
             return TokensPrompt(prompt_token_ids=self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         return TokensPrompt(prompt_token_ids=list(prompt))
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
-        vparams = self._vllm_params(params)
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]
+                 ) -> list[Generation]:
+        plist = per_prompt(params, len(prompts))
         inputs = [self._prompt(p) for p in prompts]
         results: list[Generation | None] = [None] * len(inputs)
         todo = []
@@ -70,21 +71,23 @@ class VLLMEngine(TemplateChat):
             n = len(x["prompt_token_ids"])
             if n == 0:
                 results[i] = Generation(prompt_token_ids=[], error="empty prompt")
-            elif n + params.max_tokens > self.max_model_len:
+            elif n + plist[i].max_tokens > self.max_model_len:
                 results[i] = Generation(prompt_token_ids=x["prompt_token_ids"], error=(
-                    f"prompt of {n} tokens + max_tokens {params.max_tokens} exceeds max_model_len "
+                    f"prompt of {n} tokens + max_tokens {plist[i].max_tokens} exceeds max_model_len "
                     f"{self.max_model_len}"))
             else:
                 todo.append(i)
+        vparams = {i: self._vllm_params(plist[i]) for i in todo}
         try:
-            outs = self.llm.generate([inputs[i] for i in todo], vparams, use_tqdm=False)
+            outs = self.llm.generate([inputs[i] for i in todo], [vparams[i] for i in todo], use_tqdm=False)
             for i, out in zip(todo, outs):
-                results[i] = self._convert(out, params)
+                results[i] = self._convert(out, plist[i])
         except Exception as exc:  # noqa: BLE001 - isolate the failing prompt, keep the others
             log.warning("batch of %d failed (%s); retrying prompt by prompt", len(todo), exc)
             for i in todo:
                 try:
-                    results[i] = self._convert(self.llm.generate([inputs[i]], vparams, use_tqdm=False)[0], params)
+                    out = self.llm.generate([inputs[i]], vparams[i], use_tqdm=False)[0]
+                    results[i] = self._convert(out, plist[i])
                 except Exception as one:  # noqa: BLE001
                     results[i] = Generation(prompt_token_ids=inputs[i]["prompt_token_ids"],
                                             error=f"{type(one).__name__}: {one}")

@@ -1,0 +1,84 @@
+"""DPO-family losses as pure tensor functions (no trainer, no distributed code).
+
+Shapes: ``(B,)`` per pair unless noted. Log-probs are summed over completion tokens (for
+IPO pass per-token averages, as TRL does: its IPO loss is length-normalised).
+
+- ``sigmoid`` (DPO, Rafailov et al.): ``-logσ(βΔ)``; with ``label_smoothing`` ε it is
+  conservative DPO (cDPO): ``-(1-ε)·logσ(βΔ) - ε·logσ(-βΔ)``;
+- ``ipo`` (Azar et al., eq. 17): ``(Δ - 1/(2β))²``;
+
+where Δ = (π_c - π_r) - (ref_c - ref_r). Rewards are ``β·(π - ref)``, detached. ``weights``
+scale each pair's loss (e.g. by the ESM score margin of the pair).
+
+>>> import torch
+>>> z = torch.zeros(2)
+>>> losses, rc, rr = dpo_loss(z, z, z, z, beta=0.1)
+>>> [round(x, 4) for x in losses.tolist()]   # policy = reference: ln 2
+[0.6931, 0.6931]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def _sigmoid(delta: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
+    return -(1 - label_smoothing) * F.logsigmoid(beta * delta) - label_smoothing * F.logsigmoid(-beta * delta)
+
+
+def _ipo(delta: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
+    return (delta - 1 / (2 * beta)) ** 2
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
+    "sigmoid": _sigmoid,
+    "ipo": _ipo,
+}
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float,
+             loss_type: str = "sigmoid", label_smoothing: float = 0.0, weights: torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair losses, chosen rewards, rejected rewards (all ``(B,)``)."""
+    fn = LOSSES.get(loss_type)
+    if fn is None:
+        raise ValueError(f"loss_type {loss_type!r} is not one of {sorted(LOSSES)}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    losses = fn(chosen_logratios - rejected_logratios, beta, label_smoothing)
+    if weights is not None:
+        losses = losses * weights
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                   token_weights: torch.Tensor | None = None, average: bool = False) -> torch.Tensor:
+    """Sum (or mean) of log p(label) over masked positions.
+
+    logits ``(B, T, V)`` predict ``labels`` ``(B, T)`` at the same index (already shifted);
+    ``mask`` ``(B, T)`` marks completion tokens; ``token_weights`` ``(B, T)`` optionally
+    reweights tokens (e.g. 0 before the divergence token of a TPS pair, 1 from it on).
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # log-softmax in at least fp32
+    logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    w = mask.to(logps.dtype)
+    if token_weights is not None:
+        w = w * token_weights.to(logps.dtype)
+    total = (logps * w).sum(-1)
+    return total / w.sum(-1).clamp(min=1.0) if average else total
+
+
+def divergence_weights(mask: torch.Tensor, divergence_index: torch.Tensor, prefix_weight: float = 0.0
+                       ) -> torch.Tensor:
+    """``(B, T)`` weights: ``prefix_weight`` on completion tokens before each row's divergence
+    token, 1 from it on. ``divergence_index`` ``(B,)`` counts completion tokens (0 = first)."""
+    pos = mask.long().cumsum(-1) - 1  # index of each token within its completion
+    w = torch.where(pos >= divergence_index.unsqueeze(-1), 1.0, prefix_weight)
+    return w * mask

@@ -1,0 +1,242 @@
+"""TPS as Ray Data stages: target engine pool -> scoring actor pool -> pairs.
+
+    ttpa sample jobs/demo-cpu.yaml [key=value ...]
+
+Per assistant turn with a gold tool call (from the constructed instances):
+
+1. render the prompt (history + tools) with the *target* model's chat template and the gold
+   turn with the same template; teacher-force prompt + gold and read the top-k log-probs at
+   every gold token in one forward pass (``prompt_logprobs``);
+2. branch at decision tokens (:func:`ttpa_ray.tps.branch_points`): gold prefix + alternative
+   token, then the target completes the turn (greedy by default). All branches of a turn
+   share the prompt and gold prefix, which vLLM's prefix cache computes once;
+3. ``mode: nsample`` instead draws n whole completions per turn (the authors' released code);
+4. candidates are ESM-scored on the scoring actor pool; pairs per :func:`ttpa_ray.tps.make_pairs`.
+
+Token ids are kept end to end (``TokensPrompt`` in, ids out), so chosen and rejected share
+their prefix exactly and the trainer never re-tokenizes.
+
+Output (``<run>/sample/``): ``pairs.parquet`` (id, instance_id, turn_index, prompt (JSON
+messages), tools (JSON), prompt_token_ids, chosen, rejected (text, without the end token),
+chosen_token_ids, rejected_token_ids, chosen/rejected ESM scores and error codes,
+divergence_index, mode), ``pairs_trl.jsonl`` (TRL conversational prompt/chosen/rejected +
+tools) and ``candidates.parquet`` (every scored candidate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ttpa_ray import tps
+from ttpa_ray.config import EngineConfig, SampleConfig, ScoreConfig
+from ttpa_ray.engines.base import SamplingParams
+from ttpa_ray.toolcall import ToolCall, render_with_template
+
+log = logging.getLogger(__name__)
+
+
+def turn_rows(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per assistant message that holds a gold tool call."""
+    rows = []
+    for inst in instances:
+        msgs = json.loads(inst["messages"])
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant" and m.get("tool_calls"):
+                calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                         for c in m["tool_calls"]]
+                rows.append({"instance_id": int(inst["id"]), "turn_index": i, "tools_json": inst["tools"],
+                             "prompt_json": json.dumps(msgs[:i], ensure_ascii=False),
+                             "gold_json": json.dumps(calls, ensure_ascii=False)})
+    return rows
+
+
+class SampleBatch:
+    """Ray Data callable class: turns in, candidate rows out (gold included, ``is_gold``)."""
+
+    def __init__(self, cfg: dict[str, Any], engine: dict[str, Any], seed: int):
+        from ttpa_ray.engines import build_engine
+
+        self.cfg = SampleConfig.model_validate(cfg)
+        self.engine = build_engine(EngineConfig.model_validate(engine))
+        self.tok = self.engine.tokenizer
+        self.seed = seed
+        eos = self.tok.eos_token_id
+        self.eos = eos
+
+    def _render(self, row: dict[str, Any]) -> tuple[list[int], list[int], list[tuple[int, int]], str]:
+        msgs = json.loads(row["prompt_json"])
+        tools = json.loads(row["tools_json"])
+        calls = [ToolCall(c["name"], c["arguments"]) for c in json.loads(row["gold_json"])]
+        prompt = self.tok.apply_chat_template(msgs, tools=tools, add_generation_prompt=True, tokenize=False)
+        gold = render_with_template(self.tok, msgs, calls, tools=tools).rstrip("\n")
+        enc = self.tok(gold, add_special_tokens=False, return_offsets_mapping=True)
+        return (self.tok(prompt, add_special_tokens=False)["input_ids"], enc["input_ids"],
+                [tuple(o) for o in enc["offset_mapping"]], gold)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        turns = [{k: batch[k][i] for k in batch} for i in range(len(batch["instance_id"]))]
+        out: list[dict[str, Any]] = []
+        for t in turns:
+            try:
+                t["prompt_ids"], t["gold_ids"], t["offsets"], t["gold_text"] = self._render(t)
+            except Exception as exc:  # noqa: BLE001 - a turn that cannot be rendered is an error row
+                t["error"] = f"render: {type(exc).__name__}: {exc}"
+        ok = [t for t in turns if "error" not in t]
+        if self.cfg.mode == "tps":
+            self._tps(ok)
+        else:
+            self._nsample(ok)
+        for t in turns:
+            base = {"instance_id": int(t["instance_id"]), "turn_index": int(t["turn_index"]),
+                    "tools_json": t["tools_json"], "prompt_json": t["prompt_json"], "gold_json": t["gold_json"],
+                    "prompt_token_ids": t.get("prompt_ids", [])}
+            if "error" in t:
+                out.append(base | {"is_gold": False, "token_ids": [], "text": "", "branch_position": -1,
+                                   "branch_prob": 0.0, "error": t["error"]})
+                continue
+            out.append(base | {"is_gold": True, "token_ids": t["gold_ids"], "text": t["gold_text"],
+                               "branch_position": -1, "branch_prob": 1.0, "error": None})
+            for c in t["candidates"]:
+                out.append(base | {"is_gold": False, **c, "error": None})
+        return {k: _column([r[k] for r in out]) for k in out[0]} if out else {}
+
+    def _strip_eos(self, ids: list[int]) -> str:
+        if ids and ids[-1] == self.eos:
+            ids = ids[:-1]
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def _tps(self, turns: list[dict[str, Any]]) -> None:
+        c = self.cfg
+        full = [t["prompt_ids"] + t["gold_ids"] for t in turns]
+        gens = self.engine.generate(full, SamplingParams(max_tokens=1, prompt_logprobs=c.top_k))
+        branch_prompts, owners = [], []
+        for t, g in zip(turns, gens):
+            t["candidates"] = []
+            if g.error or g.prompt_logprobs is None:
+                t["error"] = f"teacher forcing: {g.error}"
+                continue
+            n = len(t["prompt_ids"])
+            roles = tps.token_spans(t["offsets"], tps.decision_spans(t["gold_text"]))
+            points = tps.branch_points(t["gold_ids"], g.prompt_logprobs[n:], roles, c.min_prob,
+                                       c.max_branches_per_call)
+            for b in points:
+                branch_prompts.append(t["prompt_ids"] + t["gold_ids"][:b.position] + [b.token_id])
+                owners.append((t, b))
+        if not branch_prompts:
+            return
+        params = SamplingParams(max_tokens=c.max_tokens, temperature=c.temperature, seed=self.seed)
+        for (t, b), g in zip(owners, self.engine.generate(branch_prompts, params)):
+            if g.error or not g.completions:
+                continue
+            ids = t["gold_ids"][:b.position] + [b.token_id] + g.completions[0].token_ids
+            t["candidates"].append({"token_ids": ids, "text": self._strip_eos(ids), "branch_position": b.position,
+                                    "branch_prob": b.prob})
+
+    def _nsample(self, turns: list[dict[str, Any]]) -> None:
+        c = self.cfg
+        params = SamplingParams(max_tokens=c.max_tokens, temperature=c.nsample_temperature, n=c.n_samples,
+                                seed=self.seed)
+        for t, g in zip(turns, self.engine.generate([t["prompt_ids"] for t in turns], params)):
+            t["candidates"] = []
+            seen = set()
+            for comp in g.completions:
+                key = tuple(comp.token_ids)
+                if key in seen:
+                    continue  # deduplicated
+                seen.add(key)
+                t["candidates"].append({"token_ids": list(comp.token_ids), "text": self._strip_eos(comp.token_ids),
+                                        "branch_position": -1, "branch_prob": 0.0})
+            if g.error:
+                t["error"] = f"sampling: {g.error}"
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def build_pairs(scored: list[dict[str, Any]], threshold: float, mode: str) -> tuple[list[dict[str, Any]], dict]:
+    turns: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in scored:
+        turns.setdefault((r["instance_id"], r["turn_index"]), []).append(r)
+    pairs, reasons = [], {"turns": len(turns), "turn_errors": 0, "no_candidate": 0, "no_rejected": 0,
+                          "gold_not_valid": 0}
+    for key in sorted(turns):
+        rows = turns[key]
+        if any(r["error"] for r in rows):
+            reasons["turn_errors"] += 1
+            continue
+        gold = next(r for r in rows if r["is_gold"])
+        if not gold["valid"]:
+            reasons["gold_not_valid"] += 1  # the scorer disagrees with the gold: a data problem, counted
+        made, why = tps.make_pairs([r for r in rows if not r["is_gold"]], gold, threshold)
+        if why:
+            reasons[why] += 1
+        for chosen, rejected in made:
+            ci, ri = list(chosen["token_ids"]), list(rejected["token_ids"])
+            pairs.append({
+                "id": len(pairs), "instance_id": key[0], "turn_index": key[1], "prompt": gold["prompt_json"],
+                "tools": gold["tools_json"], "prompt_token_ids": list(gold["prompt_token_ids"]),
+                "chosen": chosen["text"], "rejected": rejected["text"], "chosen_token_ids": ci,
+                "rejected_token_ids": ri, "chosen_score": float(chosen["esm_score"]),
+                "rejected_score": float(rejected["esm_score"]), "chosen_errors": list(chosen["errors"]),
+                "rejected_errors": list(rejected["errors"]), "divergence_index": tps.first_difference(ci, ri),
+                "chosen_is_gold": bool(chosen["is_gold"]), "mode": mode})
+    return pairs, reasons
+
+
+def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, instances: Path, out: Path,
+               seed: int = 0) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from ttpa_ray.engines.actors import pool_kwargs
+    from ttpa_ray.models import resolve
+    from ttpa_ray.score_stage import score_dataset
+
+    if target.backend == "openai":
+        raise ValueError("sample needs token-level access to the target (prompt_logprobs, token ids): use "
+                         "target.backend vllm or transformers")
+    resolve(target.model)
+    turns = turn_rows(pq.read_table(instances).to_pylist())
+    out.mkdir(parents=True, exist_ok=True)
+    if not turns:
+        raise ValueError(f"{instances} has no assistant turn with a tool call: run construct first")
+    ds = ray.data.from_items(turns, override_num_blocks=max(1, len(turns) // target.pool.batch_size))
+    ds = ds.map_batches(SampleBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "engine": target.model_dump(),
+                                                            "seed": seed}, **pool_kwargs(target.pool))
+    ds = ds.map(_to_score_row)
+    scored = score_dataset(ds, score).take_all()
+    for r in scored:
+        r["esm_score"] = None if r["score_error"] or r["esm_score"] != r["esm_score"] else float(r["esm_score"])
+        r["token_ids"] = [int(x) for x in r["token_ids"]]
+        r["prompt_token_ids"] = [int(x) for x in r["prompt_token_ids"]]
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k not in ("tools_json", "prompt_json",
+                                                                                    "prompt_token_ids")}
+                                         for r in scored]), out / "candidates.parquet")
+    pairs, reasons = build_pairs(scored, score.threshold, cfg.mode)
+    pq.write_table(pa.Table.from_pylist(pairs) if pairs else pa.table({"id": pa.array([], pa.int64())}),
+                   out / "pairs.parquet")
+    with open(out / "pairs_trl.jsonl", "w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(json.dumps(trl_record(p), ensure_ascii=False) + "\n")
+    cands = [r for r in scored if not r["is_gold"] and not r["error"]]
+    return {"turns": len(turns), "candidates": len(cands), "pairs": len(pairs), **reasons,
+            "tokens_per_candidate": round(sum(len(r["token_ids"]) for r in cands) / max(1, len(cands)), 1)}
+
+
+def _to_score_row(r: dict[str, Any]) -> dict[str, Any]:
+    return r | {"prediction": r["text"], "possible_answer_json": None}
+
+
+def trl_record(p: dict[str, Any]) -> dict[str, Any]:
+    """TRL's conversational preference format (DPOTrainer loads it as is)."""
+    return {"prompt": json.loads(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}], "tools": json.loads(p["tools"])}
