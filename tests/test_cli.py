@@ -28,9 +28,10 @@ def test_bad_job_exits_2_with_every_problem(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_run_tiny_job_then_rerun_skips(tiny_model, tmp_path: Path):
+def test_run_tiny_job_then_rerun_skips(tiny_model, smollm2, tmp_path: Path):
     out = tmp_path / "runs"
-    proc = ttpa("run", str(ROOT / "jobs/tiny-cpu.yaml"), f"output_dir={out}", "probe.num_prompts=5")
+    job = [str(ROOT / "jobs/tiny-cpu.yaml"), f"output_dir={out}", "probe.num_prompts=5"]
+    proc = ttpa("run", *job)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "tiny-cpu/probe/manifest.json").read_text())
     table = pq.read_table(out / "tiny-cpu/probe/data.parquet")
@@ -39,13 +40,25 @@ def test_run_tiny_job_then_rerun_skips(tiny_model, tmp_path: Path):
     assert sorted(table.column("id").to_pylist()) == list(range(5))
     assert all(len(c[0]["token_ids"]) > 0 for c in table.column("completions").to_pylist())
 
-    again = ttpa("run", str(ROOT / "jobs/tiny-cpu.yaml"), f"output_dir={out}", "probe.num_prompts=5")
-    assert again.returncode == 0 and "stage probe: complete, skipped" in again.stderr
+    # construct -> sample: every attempted instance accounted for; kept ones flow into sample.
+    cons = json.loads((out / "tiny-cpu/construct/manifest.json").read_text())
+    assert cons["attempted"] == 4 == cons["kept"] + cons["errors"] + sum(cons["filtered"].values())
+    assert cons["kept"] >= 1, cons
+    samp = json.loads((out / "tiny-cpu/sample/manifest.json").read_text())
+    assert samp["turns"] >= cons["kept"] and samp["turn_errors"] == 0
+    pairs = pq.read_table(out / "tiny-cpu/sample/pairs.parquet").num_rows
+    assert pairs == samp["pairs"] == len((out / "tiny-cpu/sample/pairs_trl.jsonl").read_text().splitlines())
+
+    again = ttpa("run", *job)
+    assert again.returncode == 0
+    for stage in ("probe", "construct", "sample"):
+        assert f"stage {stage}: complete, skipped" in again.stderr
     assert json.loads((out / "tiny-cpu/probe/manifest.json").read_text()) == manifest
 
     changed = ttpa("run", str(ROOT / "jobs/tiny-cpu.yaml"), f"output_dir={out}", "probe.num_prompts=3")
     assert changed.returncode == 0, changed.stderr[-2000:]
     assert json.loads((out / "tiny-cpu/probe/manifest.json").read_text())["rows"] == 3   # config changed: redone
+    assert "stage construct: complete, skipped" in changed.stderr                      # independent: kept
 
 
 @pytest.mark.slow

@@ -74,3 +74,9 @@ def test_messages_render_through_the_chat_template(tiny_model):
     call_text = text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
     assert parse_calls(call_text).calls[0].arguments == {"city": "Oslo"}
     json.dumps(msgs)
+
+
+def test_clean_text():
+    assert steps.clean_text('The user\'s message: "How warm is Oslo?"') == "How warm is Oslo?"
+    assert steps.clean_text("User: Find me a hotel") == "Find me a hotel"
+    assert steps.clean_text("How warm is Oslo?") == "How warm is Oslo?"

@@ -68,3 +68,22 @@ def test_ray_data_scoring_pool_keeps_every_row(ray_local):
     assert all(by_id[i]["valid"] == bool(i % 3) for i in range(300)), [(by_id[i]["valid"], by_id[i]["score_error"], by_id[i]["errors"]) for i in range(4)]
     assert all(list(by_id[i]["errors"]) == ([] if i % 3 else ["value_error"]) for i in range(300))
     assert by_id[300]["score_error"].startswith("JSONDecodeError") and not by_id[300]["valid"]
+
+
+def test_execution_check_compares_results_in_the_sandbox():
+    from ttpa_ray.score_stage import ScoreBatch
+    from ttpa_ray.tools import bundled_catalog
+
+    tool = next(t for t in bundled_catalog() if t.name == "convert_temperature")
+    args = dict(tool.examples[0])
+    row = {"tools_json": json.dumps([tool.openai()]), "gold_json": json.dumps([{"name": tool.name, "arguments": args}]),
+           "possible_answer_json": None}
+    scorer = ScoreBatch(execution_check=True)
+    same = scorer.score_row(row | {"prediction_json": json.dumps([{"name": tool.name, "arguments": args}]),
+                                   "prediction": None}, with_execution=True)
+    assert same[2] and same[4] is True
+    other = dict(args, value=float(args["value"]) + 10)
+    diff = scorer.score_row(row | {"prediction_json": json.dumps([{"name": tool.name, "arguments": other}]),
+                                   "prediction": None}, with_execution=True)
+    assert not diff[2] and diff[4] is False
+    assert ScoreBatch().score_row(row | {"prediction": "x"}, with_execution=True)[4] is None   # off: unchecked

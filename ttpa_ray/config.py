@@ -47,6 +47,9 @@ class PoolConfig(Section):
     )
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (= tensor_parallel_size for vLLM).")
     batch_size: int = Field(16, ge=1, description="Rows per map_batches call.")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads of each actor's math libraries (OMP_NUM_THREADS). Ray's default is "
+        "num_cpus; on a small machine give a single engine actor all cores (it may exceed num_cpus).")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> PoolConfig:
@@ -140,6 +143,9 @@ class ScoreConfig(Section):
     weights: ESMWeightsConfig = ESMWeightsConfig()
     threshold: float = Field(0.8, ge=0, le=1, description="Below it the best candidate is replaced by gold as chosen.")
     pool: PoolConfig = PoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=512)
+    execution_check: bool = Field(False, description="Also execute matched predicted and gold calls of tools "
+                                                     "that have an implementation and compare their results.")
+    catalog: str = Field("bundled", description="Where execution_check finds implementations.")
 
 
 class ConstructMaxTokens(Section):
@@ -163,6 +169,8 @@ class ConstructFilters(Section):
         False, description="Drop queries that repeat a string argument value verbatim (strict; off by default "
         "because natural queries mention cities, dates ...).")
     dedupe: bool = True
+    drop_truncated: bool = Field(True, description="Drop answers/queries cut by max_tokens (keep them only for "
+                                                   "smoke tests with tiny budgets).")
 
 
 def _range(v: tuple[int, int], what: str) -> tuple[int, int]:

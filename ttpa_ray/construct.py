@@ -53,9 +53,10 @@ class ConstructBatch:
         self.sandbox = Sandbox(SandboxConfig(timeout_s=self.cfg.sandbox.timeout_s,
                                              memory_mb=self.cfg.sandbox.memory_mb), workers=1)
 
-    def _params(self, max_tokens: int, schema: dict[str, Any] | None = None, salt: int = 0) -> SamplingParams:
+    def _params(self, max_tokens: int, schema: dict[str, Any] | None = None, salt: int = 0,
+                stop: tuple[str, ...] = ()) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=self.cfg.temperature, top_p=0.95,
-                              seed=self.seed * 100003 + salt, json_schema=schema)
+                              seed=self.seed * 100003 + salt, json_schema=schema, stop=stop)
 
     def _chat(self, convs: list[list[dict[str, str]]], params: list[SamplingParams]) -> list[tuple[str, str, str]]:
         """(text, finish_reason, error) per conversation."""
@@ -118,11 +119,12 @@ class ConstructBatch:
                 s["status"], s["reason"] = "error", f"answer: {err}"
         live = [s for s in live if s["status"] is None]
         outs = self._chat([steps.query_messages(s["scenario"], s["memory"], s["answer"]) for s in live],
-                          [self._params(self.cfg.max_tokens.query, salt=s["id"] + 13) for s in live])
+                          [self._params(self.cfg.max_tokens.query, salt=s["id"] + 13, stop=("\n\n",)) for s in live])
         for s, (text, finish, err) in zip(live, outs):
             if err:
                 s["status"], s["reason"] = "error", f"query: {err}"
                 continue
+            text = steps.clean_text(text)
             s["turns"].append({"index": t, "query": text, "answer": s["answer"], "memory": s["memory"]})
             self._filter_turn(s, text, finish)
 
@@ -173,9 +175,9 @@ class ConstructBatch:
         answer = s["answer"]
         checks = [
             ("empty_answer", len(answer) < f.min_answer_chars),
-            ("truncated_answer", s["answer_finish"] == "length"),
+            ("truncated_answer", f.drop_truncated and s["answer_finish"] == "length"),
             ("empty_query", len(query) < f.min_query_chars),
-            ("truncated_query", finish == "length"),
+            ("truncated_query", f.drop_truncated and finish == "length"),
             ("query_names_tool", f.forbid_tool_names and steps.names_tool(query, [x.name for x in s["schemas"]])),
             ("query_leaks_arguments", f.forbid_argument_leak and steps.leaks_arguments(query, s["memory"])),
         ]

@@ -136,8 +136,8 @@ def answer_messages(scenario: str, memory: list[dict[str, Any]]) -> list[dict[st
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": (
             f"Scenario: {scenario}\n\nTool calls and results:\n{memory_text(memory)}\n\n"
-            "Write the assistant's final answer to the user, using the results above. Be concise and specific. "
-            "Do not mention tools or function names.")},
+            "Write the assistant's final answer to the user, using the results above, in at most three sentences. "
+            "Be specific. Do not mention tools or function names.")},
     ]
 
 
@@ -202,6 +202,18 @@ def leaks_arguments(query: str, memory: list[dict[str, Any]], min_len: int = 4) 
             if isinstance(v, (dict, list)) and json.dumps(v, ensure_ascii=False).lower() in q:
                 return True
     return False
+
+
+_PREFIX_RE = re.compile(r"^\s*(?:(?:the\s+)?user(?:'s)?\s*(?:message|request|query)?\s*:|query\s*:|message\s*:)\s*",
+                        re.I)
+
+
+def clean_text(text: str) -> str:
+    """Drop a leading 'User's message:'-style label and wrapping quotes (small generators add them)."""
+    t = _PREFIX_RE.sub("", text.strip()).strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "\"'":
+        t = t[1:-1].strip()
+    return t
 
 
 def normalize_query(q: str) -> str:

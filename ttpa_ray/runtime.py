@@ -34,6 +34,7 @@ def worker_env() -> dict[str, str]:
         "VLLM_RPC_BASE_PATH": str(cache / "vllm-rpc"),
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_LOGGING_LEVEL": "ERROR",  # its per-step INFO/WARNING lines drown the progress; override to debug
         "DO_NOT_TRACK": "1",
         # DeepSpeed: JIT-built ops are cached so CI and reruns reuse them.
         "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"),

@@ -99,7 +99,7 @@ class SampleBatch:
                 out.append(base | {"is_gold": False, "token_ids": [], "text": "", "branch_position": -1,
                                    "branch_prob": 0.0, "error": t["error"]})
                 continue
-            out.append(base | {"is_gold": True, "token_ids": t["gold_ids"], "text": t["gold_text"],
+            out.append(base | {"is_gold": True, "token_ids": t["gold_ids"], "text": self._strip_eos(t["gold_ids"]),
                                "branch_position": -1, "branch_prob": 1.0, "error": None})
             for c in t["candidates"]:
                 out.append(base | {"is_gold": False, **c, "error": None})
@@ -199,7 +199,7 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
 
     from ttpa_ray.engines.actors import pool_kwargs
     from ttpa_ray.models import resolve
-    from ttpa_ray.score_stage import score_dataset
+    from ttpa_ray.score_stage import none_if_nan, score_dataset
 
     if target.backend == "openai":
         raise ValueError("sample needs token-level access to the target (prompt_logprobs, token ids): use "
@@ -208,13 +208,18 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
     turns = turn_rows(pq.read_table(instances).to_pylist())
     out.mkdir(parents=True, exist_ok=True)
     if not turns:
-        raise ValueError(f"{instances} has no assistant turn with a tool call: run construct first")
+        log.warning("%s has no kept instance with a tool call: no pairs (see the construct manifest)", instances)
+        pq.write_table(pa.table({"id": pa.array([], pa.int64())}), out / "pairs.parquet")
+        (out / "pairs_trl.jsonl").write_text("")
+        return {"turns": 0, "candidates": 0, "pairs": 0}
     ds = ray.data.from_items(turns, override_num_blocks=max(1, len(turns) // target.pool.batch_size))
     ds = ds.map_batches(SampleBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "engine": target.model_dump(),
                                                             "seed": seed}, **pool_kwargs(target.pool))
     ds = ds.map(_to_score_row)
     scored = score_dataset(ds, score).take_all()
     for r in scored:
+        # Ray Data turns an all-None column into NaN floats: normalise back to None.
+        r["error"], r["score_error"] = none_if_nan(r["error"]), none_if_nan(r["score_error"])
         r["esm_score"] = None if r["score_error"] or r["esm_score"] != r["esm_score"] else float(r["esm_score"])
         r["token_ids"] = [int(x) for x in r["token_ids"]]
         r["prompt_token_ids"] = [int(x) for x in r["prompt_token_ids"]]

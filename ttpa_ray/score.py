@@ -105,6 +105,8 @@ class ESMResult:
     messages: list[str] = field(default_factory=list)
     calls: list[tuple[int, int, CallScore]] = field(default_factory=list)
     """Matched pairs: (predicted index, gold index, its CallScore with the formula's terms)."""
+    predicted: list[ToolCall] = field(default_factory=list)
+    """The predicted calls as parsed (empty when none or undecodable)."""
 
 
 # --------------------------------------------------------------------------- values
@@ -485,4 +487,4 @@ def esm_score(prediction: Any, tools: Sequence[Any], gold: Sequence[Any] | None 
         msgs.extend(cs.messages)
     total = sum(cs.score for _, _, cs in pairs) / max(len(preds), len(golds))
     codes = _dedupe(errors)
-    return ESMResult(total, codes, not codes, msgs, [(i, j, cs) for i, j, cs in pairs])
+    return ESMResult(total, codes, not codes, msgs, [(i, j, cs) for i, j, cs in pairs], preds)

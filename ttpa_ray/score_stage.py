@@ -9,6 +9,11 @@ Input columns (one row = one turn to score):
 Added columns: ``esm_score`` (float), ``errors`` (list of codes), ``valid`` (bool) and
 ``score_error`` (None, or why the row could not be scored: bad gold or schemas). A bad row
 is kept and counted, never dropped, and never stops the stage.
+
+With ``score.execution_check`` on, each matched (predicted, gold) pair whose tool has an
+implementation in the catalog is also executed in the sandbox, and ``execution_match``
+records whether both calls return the same result (None when nothing could be checked).
+This catches calls that differ in form but not in effect, and the reverse.
 """
 
 from __future__ import annotations
@@ -26,10 +31,34 @@ from ttpa_ray.toolcall import ToolSchema, load_tools
 class ScoreBatch:
     """Ray Data callable class; also usable directly on a dict of columns."""
 
-    def __init__(self, weights: dict[str, float] | None = None, cache_size: int = 4096):
+    def __init__(self, weights: dict[str, float] | None = None, cache_size: int = 4096,
+                 execution_check: bool = False, catalog: str = "bundled"):
         self.weights = ESMWeights(**(weights or {}))
         self._tools: dict[str, list[ToolSchema]] = {}
         self._cache_size = cache_size
+        self._impls: dict[str, str] = {}
+        self._sandbox: Any = None
+        if execution_check:
+            from ttpa_ray.tools import bundled_catalog, load_catalog
+            from ttpa_ray.tools.sandbox import Sandbox
+
+            tools = bundled_catalog() if catalog == "bundled" else load_catalog(catalog)
+            self._impls = {t.name: t.impl for t in tools if t.impl}
+            self._sandbox = Sandbox()
+
+    def execution_match(self, result: Any, gold: list[dict[str, Any]] | None) -> bool | None:
+        """Do the matched predicted and gold calls return the same results? None if unchecked."""
+        if self._sandbox is None or not gold or not result.calls:
+            return None
+        checked = []
+        for i, j, _ in result.calls:
+            pred, ref = result.predicted[i], gold[j]
+            impl = self._impls.get(ref["name"])
+            if impl is None or pred.name != ref["name"]:
+                continue
+            a, b = self._sandbox.execute_many([(impl, pred.arguments), (impl, ref["arguments"])])
+            checked.append(a.ok and b.ok and a.output == b.output)
+        return all(checked) if checked else None
 
     def _schemas(self, tools_json: str) -> list[ToolSchema]:
         # Rows of one instance share tool lists: validate each distinct list once.
@@ -41,7 +70,8 @@ class ScoreBatch:
             self._tools[tools_json] = hit
         return hit
 
-    def score_row(self, row: dict[str, Any]) -> tuple[float | None, list[str], bool, str | None]:
+    def score_row(self, row: dict[str, Any], with_execution: bool = False) -> tuple:
+        """(esm_score, errors, valid, score_error) [+ execution_match when ``with_execution``]."""
         try:
             tools = self._schemas(row["tools_json"])
             pred = row.get("prediction")
@@ -50,22 +80,27 @@ class ScoreBatch:
             if row.get("possible_answer_json") is not None:
                 r = esm_score(pred, tools, possible_answer=json.loads(row["possible_answer_json"]),
                               weights=self.weights)
+                gold = None
             else:
-                r = esm_score(pred, tools, gold=json.loads(row["gold_json"] or "[]"), weights=self.weights)
+                gold = json.loads(row["gold_json"] or "[]")
+                r = esm_score(pred, tools, gold=gold, weights=self.weights)
+            if with_execution:
+                return r.score, r.errors, r.valid, None, self.execution_match(r, gold)
             return r.score, r.errors, r.valid, None
         except (ValueError, TypeError, KeyError) as exc:  # bad gold/schemas: an error row, counted
-            return None, [], False, f"{type(exc).__name__}: {exc}"
+            return (None, [], False, f"{type(exc).__name__}: {exc}") + ((None,) if with_execution else ())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(batch.values())))
         cols = list(batch)
-        scores, errors, valid, bad = [], [], [], []
+        scores, errors, valid, bad, match = [], [], [], [], []
         for i in range(n):
-            s, e, v, b = self.score_row({c: _py(batch[c][i]) for c in cols})
+            s, e, v, b, m = self.score_row({c: none_if_nan(batch[c][i]) for c in cols}, with_execution=True)
             scores.append(np.nan if s is None else s)
             errors.append(e)
             valid.append(v)
             bad.append(b)
+            match.append(m)
         out = dict(batch)
         out["esm_score"] = np.array(scores, dtype=np.float64)
         arr = np.empty(n, dtype=object)
@@ -73,10 +108,12 @@ class ScoreBatch:
         out["errors"] = arr
         out["valid"] = np.array(valid, dtype=bool)
         out["score_error"] = np.array(bad, dtype=object)
+        if self._sandbox is not None:
+            out["execution_match"] = np.array(match, dtype=object)
         return out
 
 
-def _py(x: Any) -> Any:
+def none_if_nan(x: Any) -> Any:
     # An all-null Arrow column arrives as NaN floats (np.float32 included).
     if x is None or (isinstance(x, (float, np.floating)) and x != x):
         return None
@@ -88,7 +125,8 @@ def score_dataset(ds: Any, cfg: ScoreConfig) -> Any:
     import ray
 
     return ds.map_batches(
-        ScoreBatch, fn_constructor_kwargs={"weights": cfg.weights.model_dump()},
+        ScoreBatch, fn_constructor_kwargs={"weights": cfg.weights.model_dump(),
+                                           "execution_check": cfg.execution_check, "catalog": cfg.catalog},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.pool.min_actors, max_size=cfg.pool.max_actors),
         num_cpus=cfg.pool.num_cpus, batch_size=cfg.pool.batch_size, batch_format="numpy",
     )

@@ -23,12 +23,17 @@ def pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
     """map_batches arguments for an autoscaling actor pool described by the config."""
     import ray
 
-    return {
+    from ttpa_ray.runtime import worker_env
+
+    kwargs: dict[str, Any] = {
         "compute": ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         "num_cpus": pool.num_cpus,
         "num_gpus": pool.num_gpus or None,
         "batch_size": pool.batch_size,
     }
+    if pool.threads:
+        kwargs["runtime_env"] = {"env_vars": worker_env() | {"OMP_NUM_THREADS": str(pool.threads)}}
+    return kwargs
 
 
 def _params(params: dict[str, Any] | SamplingParams) -> SamplingParams:

@@ -34,6 +34,10 @@ class VLLMEngine(TemplateChat):
             kwargs["distributed_executor_backend"] = "uni"
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        # vLLM 0.32 on CPU fails a whole batch ("CPU Generator does not use offset") when a
+        # seeded request's prefill is split over steps (chunked prefill); a step budget that
+        # holds a batch of full prompts avoids the split.
+        kwargs["max_num_batched_tokens"] = max(16384, 4 * max_model_len)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
