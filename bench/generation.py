@@ -62,6 +62,10 @@ def worker(backend: str, model: str, dtype: str, n_prompts: int, max_tokens: int
     return timed(engine, prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0), repeats)
 
 
+# Both sides use every core: vLLM otherwise drops torch to one thread "for serving".
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", help=argparse.SUPPRESS)

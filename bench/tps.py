@@ -97,6 +97,10 @@ def worker_naive(max_tokens: int, inp: Path) -> dict:
     return {"seconds": seconds, "branches": len(gens), "identical_completions": same}
 
 
+# Both sides use every core: vLLM otherwise drops torch to one thread "for serving".
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--turns", type=int, default=6)
