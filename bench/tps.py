@@ -1,6 +1,6 @@
 """TPS vs naive generation of the same branches, side by side in one run.
 
-    .venv/bin/python bench/tps.py [--turns 6] [--max-tokens 48]
+    .venv/bin/python bench/tps.py [--turns 6] [--max-tokens 48] [--max-branches 4] [--out FILE]
 
 Turns are built from the bundled catalog (the gold call of a tool with three more tools
 offered, so each prompt is >= 300 tokens of tool schemas and history). In fresh processes:
@@ -55,7 +55,7 @@ def engine_cfg(prefix_caching: bool) -> dict:
                         enable_prefix_caching=prefix_caching).model_dump()
 
 
-def worker_tps(n_turns: int, max_tokens: int, out: Path) -> dict:
+def worker_tps(n_turns: int, max_tokens: int, out: Path, max_branches: int) -> dict:
     import numpy as np
 
     from ttpa_ray.config import SampleConfig
@@ -63,7 +63,7 @@ def worker_tps(n_turns: int, max_tokens: int, out: Path) -> dict:
 
     rows = turns(n_turns)
     batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
-    cfg = SampleConfig(max_tokens=max_tokens, max_branches_per_call=4, min_prob=0.02).model_dump()
+    cfg = SampleConfig(max_tokens=max_tokens, max_branches_per_call=max_branches, min_prob=0.02).model_dump()
     udf = SampleBatch(cfg, engine_cfg(True), seed=0)
     udf(dict((k, v[:1]) for k, v in batch.items()))  # warm-up (another prompt: no cache hit for the timed run)
     udf.engine.llm.reset_prefix_cache()
@@ -105,6 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--max-branches", type=int, default=4, help="sample.max_branches_per_call")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--branches-file", default=str(Path(__file__).parent / "results" / "tps_branches.tmp"))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "tps.json"))
@@ -113,7 +114,8 @@ def main() -> None:
 
     setup_env()
     if args.worker == "tps":
-        print("RESULT " + json.dumps(worker_tps(args.turns, args.max_tokens, Path(args.branches_file))))
+        print("RESULT " + json.dumps(worker_tps(args.turns, args.max_tokens, Path(args.branches_file),
+                                                 args.max_branches)))
         return
     if args.worker == "naive":
         print("RESULT " + json.dumps(worker_naive(args.max_tokens, Path(args.branches_file))))
@@ -121,7 +123,7 @@ def main() -> None:
     results = {}
     for kind in ("tps", "naive"):
         cmd = [sys.executable, __file__, "--worker", kind, "--turns", str(args.turns), "--max-tokens",
-               str(args.max_tokens), "--branches-file", args.branches_file]
+               str(args.max_tokens), "--branches-file", args.branches_file, "--max-branches", str(args.max_branches)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
@@ -131,7 +133,8 @@ def main() -> None:
     Path(args.branches_file).unlink(missing_ok=True)
     tps, naive = results["tps"], results["naive"]
     report = {"bench": "tps", "model": MODEL, "dtype": "float32", "machine": f"{platform.machine()}, "
-              f"{os.cpu_count()} CPUs", "turns": args.turns, "max_tokens": args.max_tokens, "results": results,
+              f"{os.cpu_count()} CPUs", "turns": args.turns, "max_tokens": args.max_tokens,
+              "max_branches_per_call": args.max_branches, "results": results,
               "branches_per_s": {"tps": tps["branches"] / tps["seconds"], "naive": naive["branches"] / naive["seconds"]},
               "speedup_tps_over_naive": naive["seconds"] / tps["seconds"], "goal_speedup": 3.0,
               "note": "TPS time includes its teacher-forced pass; naive time is branch generation only."}

@@ -44,6 +44,10 @@ def test_run_tiny_job_then_rerun_skips(tiny_model, smollm2, tmp_path: Path):
     cons = json.loads((out / "tiny-cpu/construct/manifest.json").read_text())
     assert cons["attempted"] == 4 == cons["kept"] + cons["errors"] + sum(cons["filtered"].values())
     assert cons["kept"] >= 1, cons
+    kept = pq.read_table(out / "tiny-cpu/construct/instances.parquet").to_pylist()
+    rejected = pq.read_table(out / "tiny-cpu/construct/rejected.parquet").to_pylist()
+    assert sorted(r["id"] for r in kept + rejected) == list(range(4)) and all(r["reason"] for r in rejected)
+    _kept_calls_validate_and_execute(kept)
     samp = json.loads((out / "tiny-cpu/sample/manifest.json").read_text())
     assert samp["turns"] >= cons["kept"] and samp["turn_errors"] == 0
     pairs = pq.read_table(out / "tiny-cpu/sample/pairs.parquet").num_rows
@@ -59,6 +63,24 @@ def test_run_tiny_job_then_rerun_skips(tiny_model, smollm2, tmp_path: Path):
     assert changed.returncode == 0, changed.stderr[-2000:]
     assert json.loads((out / "tiny-cpu/probe/manifest.json").read_text())["rows"] == 3   # config changed: redone
     assert "stage construct: complete, skipped" in changed.stderr                      # independent: kept
+
+
+def _kept_calls_validate_and_execute(kept: list[dict]) -> None:
+    """Every gold call of a kept instance validates against its schema and executes."""
+    import jsonschema
+
+    from ttpa_ray.tools import bundled_catalog
+    from ttpa_ray.tools.sandbox import Sandbox
+
+    catalog = {t.name: t for t in bundled_catalog()}
+    with Sandbox() as box:
+        for r in kept:
+            calls = [c["function"] for m in json.loads(r["messages"]) for c in m.get("tool_calls", [])]
+            assert calls, r["id"]
+            for c in calls:
+                tool = catalog[c["name"]]
+                jsonschema.validate(c["arguments"], tool.openai()["function"]["parameters"])
+                assert box.execute(tool.impl, c["arguments"]).ok, c
 
 
 @pytest.mark.slow

@@ -1,0 +1,14 @@
+"""The examples in the pure modules' docstrings run and hold."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("name", ["ttpa_ray.toolcall", "ttpa_ray.score", "ttpa_ray.tps", "ttpa_ray.losses"])
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0
