@@ -78,6 +78,9 @@ def test_tps_pairs_share_prefix_and_differ_at_divergence(tps_run):
         # Text and ids agree (the end token is not part of the text).
         assert tok.decode([t for t in c if t != tok.eos_token_id]) == p["chosen"]
         assert tok.decode([t for t in r if t != tok.eos_token_id]) == p["rejected"]
+        for text, ids in ((p["chosen"], c), (p["rejected"], r)):
+            if "</tool_call>" in text:   # a call turn ends after its last call, with the end token
+                assert text.rstrip().endswith("</tool_call>") and ids[-1] == tok.eos_token_id
     # Every candidate row was scored; the accounting adds up.
     cands = pq.read_table(out / "candidates.parquet").to_pylist()
     assert all(x["esm_score"] is not None for x in cands)

@@ -11,7 +11,9 @@ Per assistant turn with a gold tool call (from the constructed instances):
    token, then the target completes the turn (greedy by default). All branches of a turn
    share the prompt and gold prefix, which vLLM's prefix cache computes once;
 3. ``mode: nsample`` instead draws n whole completions per turn (the authors' released code);
-4. candidates are ESM-scored on the scoring actor pool; pairs per :func:`ttpa_ray.tps.make_pairs`.
+4. a candidate ends after its last complete tool call (trailing prose is cut, the end token
+   appended: the gold turn ends there too);
+5. candidates are ESM-scored on the scoring actor pool; pairs per :func:`ttpa_ray.tps.make_pairs`.
 
 Token ids are kept end to end (``TokensPrompt`` in, ids out), so chosen and rejected share
 their prefix exactly and the trainer never re-tokenizes.
@@ -105,6 +107,23 @@ class SampleBatch:
                 out.append(base | {"is_gold": False, **c, "error": None})
         return {k: _column([r[k] for r in out]) for k in out[0]} if out else {}
 
+    def _clip(self, ids: list[int], start: int) -> list[int]:
+        """End a tool-call turn after its last complete call: prose a small model rambles on
+        with after ``</tool_call>`` is cut and the end token appended (the gold turn ends
+        there too). ``start``: tokens before it are never cut (the shared prefix)."""
+        text = self.tok.decode(ids, skip_special_tokens=False)
+        end = text.rfind("</tool_call>")
+        if end < 0:
+            return ids
+        end += len("</tool_call>")
+        rest = text[end:].replace(self.tok.eos_token or "", "").strip()
+        if not rest:
+            return ids
+        for k in range(max(start, 1), len(ids) + 1):
+            if len(self.tok.decode(ids[:k], skip_special_tokens=False)) >= end:
+                return ids[:k] + [self.eos]
+        return ids
+
     def _strip_eos(self, ids: list[int]) -> str:
         if ids and ids[-1] == self.eos:
             ids = ids[:-1]
@@ -133,7 +152,7 @@ class SampleBatch:
         for (t, b), g in zip(owners, self.engine.generate(branch_prompts, params)):
             if g.error or not g.completions:
                 continue
-            ids = t["gold_ids"][:b.position] + [b.token_id] + g.completions[0].token_ids
+            ids = self._clip(t["gold_ids"][:b.position] + [b.token_id] + g.completions[0].token_ids, b.position + 1)
             t["candidates"].append({"token_ids": ids, "text": self._strip_eos(ids), "branch_position": b.position,
                                     "branch_prob": b.prob})
 
@@ -145,11 +164,12 @@ class SampleBatch:
             t["candidates"] = []
             seen = set()
             for comp in g.completions:
-                key = tuple(comp.token_ids)
+                ids = self._clip(list(comp.token_ids), 0)
+                key = tuple(ids)
                 if key in seen:
                     continue  # deduplicated
                 seen.add(key)
-                t["candidates"].append({"token_ids": list(comp.token_ids), "text": self._strip_eos(comp.token_ids),
+                t["candidates"].append({"token_ids": ids, "text": self._strip_eos(ids),
                                         "branch_position": -1, "branch_prob": 0.0})
             if g.error:
                 t["error"] = f"sampling: {g.error}"
