@@ -3,6 +3,7 @@
     ttpa run jobs/demo-cpu.yaml [key=value ...] [--from STAGE]
     ttpa construct jobs/demo-cpu.yaml [key=value ...]
     ttpa sample jobs/demo-cpu.yaml [key=value ...]
+    ttpa train jobs/demo-cpu.yaml [key=value ...]
     ttpa models prepare smollm2-135m-instruct | tiny-random | PATH
     ttpa models list
     ttpa score-calls --input IN.jsonl --output OUT.jsonl
@@ -102,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage, text in (("construct", "reversed construction of tool-use instances"),
                         ("sample", "token-level preference sampling + ESM scoring -> pairs"),
-                        ("probe", "the target engine answers tool-use prompts")):
+                        ("probe", "the target engine answers tool-use prompts"),
+                        ("reference", "reference log-probs of every pair (once, before training)"),
+                        ("train", "DPO-family training on Ray Train + DeepSpeed ZeRO")):
         p = sub.add_parser(stage, help=f"run one stage: {text} (redone even if complete)")
         p.add_argument("job")
         p.add_argument("overrides", nargs="*")

@@ -220,6 +220,75 @@ class SampleConfig(Section):
     nsample_temperature: float = Field(1.0, gt=0)
 
 
+class ReferenceConfig(Section):
+    """Reference log-probs of every pair, computed once before training (a Ray Data pass over
+    an actor pool holding the starting model), so training never holds a reference model."""
+
+    enabled: bool = True
+    batch_size: int = Field(4, ge=1, description="Pairs per forward pass.")
+    pool: PoolConfig = PoolConfig(num_cpus=0.5, batch_size=16)
+
+
+class LoraConfig(Section):
+    r: int = Field(0, ge=0, description="LoRA rank; 0 trains every weight (full fine-tuning).")
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    merge: bool = Field(True, description="Merge the adapter into the saved model (else save the adapter).")
+
+
+class TrainConfig(Section):
+    """DPO-family training on Ray Train with DeepSpeed ZeRO. The global batch is
+    ``micro_batch_size * gradient_accumulation_steps * num_workers`` pairs and its content does
+    not depend on the number of workers (same data order for 1 or N workers)."""
+
+    enabled: bool = True
+    model: str | None = Field(None, description="Starting (and reference) model; None = target.model.")
+    loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid = DPO (cDPO with "
+                                                 "label_smoothing > 0); ipo = IPO on per-token means.")
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    prefix_weight: float = Field(1.0, ge=0, le=1, description="Weight of completion tokens before a pair's "
+                                 "divergence token (shared by chosen and rejected); 0 = count only from it on.")
+    pair_weights: Literal["none", "score_margin"] = Field(
+        "none", description="score_margin: weight each pair by its ESM score margin (mean weight 1).")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    micro_batch_size: int = Field(2, ge=1, description="Pairs per worker per forward/backward.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-6, gt=0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 = off.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="auto: bf16 on GPUs, fp32 on CPUs.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel ranks).")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads: int | None = Field(None, ge=1, description="OMP_NUM_THREADS of each worker (CPU runs).")
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = Field(False, description="ZeRO-2/3: optimizer states in CPU memory.")
+    offload_params: bool = Field(False, description="ZeRO-3: parameters in CPU memory.")
+    checkpoint_every: int = Field(50, ge=0, description="Checkpoint every N optimizer steps (0: at the end only).")
+    keep_checkpoints: int = Field(2, ge=1)
+    storage_path: str | None = Field(
+        None, description="Checkpoints and Ray Train state: a local dir or a cloud URI (s3://, gs://) that "
+        "every node can reach. None = <run_dir>/train/ray.")
+    max_failures: int = Field(0, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited).")
+    lora: LoraConfig = LoraConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        if self.offload_optimizer and self.zero_stage < 1:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        if self.lora.r and self.zero_stage == 3:
+            raise ValueError("LoRA with zero_stage 3 is not supported: use zero_stage 2 (adapters are small)")
+        return self
+
+
 # `construct` (a stage name) shadows pydantic's deprecated BaseModel.construct alias; harmless.
 warnings.filterwarnings("ignore", message='Field name "construct"', category=UserWarning)
 
@@ -236,6 +305,8 @@ class JobConfig(Section):
     construct: ConstructConfig = ConstructConfig()
     sample: SampleConfig = SampleConfig()
     score: ScoreConfig = ScoreConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    train: TrainConfig = TrainConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -3,8 +3,9 @@
 section, and ``--from STAGE`` forces a redo from there.
 
 Stages so far: ``probe`` (the target engine pool on tool-use prompts), ``construct``
-(reversed construction), ``sample`` (TPS + ESM scoring -> pairs). Later stages (train,
-evaluate) plug into :data:`STAGES` the same way. A stage whose inputs changed is redone,
+(reversed construction), ``sample`` (TPS + ESM scoring -> pairs), ``reference`` (reference
+log-probs of the pairs, once), ``train`` (DPO family on Ray Train + DeepSpeed). Later stages
+(evaluate) plug into :data:`STAGES` the same way. A stage whose inputs changed is redone,
 and so is every stage after it.
 """
 
@@ -25,19 +26,19 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
-def _probe(job: JobConfig, out: Path) -> dict[str, Any]:
+def _probe(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     from ttpa_ray.probe import run_probe
 
     return run_probe(job.probe, job.target, out, seed=job.seed)
 
 
-def _construct(job: JobConfig, out: Path) -> dict[str, Any]:
+def _construct(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     from ttpa_ray.construct import run_construct
 
     return run_construct(job.construct, out, seed=job.seed)
 
 
-def _sample(job: JobConfig, out: Path) -> dict[str, Any]:
+def _sample(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     from ttpa_ray.sample import run_sample
 
     instances = job.run_dir / "construct" / "instances.parquet"
@@ -46,11 +47,40 @@ def _sample(job: JobConfig, out: Path) -> dict[str, Any]:
     return run_sample(job.sample, job.target, job.score, instances, out, seed=job.seed)
 
 
+def _upstream_file(job: JobConfig, stage: str, name: str) -> Path:
+    path = job.run_dir / stage / name
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: run the {stage} stage first (ttpa {stage} ... or ttpa run ...)")
+    return path
+
+
+def _start_model(job: JobConfig) -> str:
+    return job.train.model or job.target.model
+
+
+def _reference(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
+    from ttpa_ray.reference import run_reference
+    from ttpa_ray.train_engine import resolve_dtype
+
+    dtype = str(resolve_dtype(job.train, job.train.use_gpu)).removeprefix("torch.")
+    return run_reference(job.reference, _start_model(job), dtype, job.train.prefix_weight,
+                         _upstream_file(job, "sample", "pairs.parquet"), out)
+
+
+def _train(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
+    from ttpa_ray.train import run_train
+
+    return run_train(job.train, _start_model(job), _upstream_file(job, "reference", "pairs.parquet"), out,
+                     seed=job.seed, resume=resume)
+
+
 # name -> (runner, config sections it reads (its fingerprint), stages whose output it reads)
-STAGES: dict[str, tuple[Callable[[JobConfig, Path], dict[str, Any]], tuple[str, ...], tuple[str, ...]]] = {
+STAGES: dict[str, tuple[Callable[[JobConfig, Path, bool], dict[str, Any]], tuple[str, ...], tuple[str, ...]]] = {
     "probe": (_probe, ("probe", "target"), ()),
     "construct": (_construct, ("construct", "seed"), ()),
     "sample": (_sample, ("sample", "target", "score", "seed"), ("construct",)),
+    "reference": (_reference, ("reference", "train", "target"), ("sample",)),
+    "train": (_train, ("train", "target", "seed"), ("reference",)),
 }
 
 
@@ -99,11 +129,15 @@ def run_pipeline(job: JobConfig, from_stage: str | None = None,
             results[name] = manifest
             continue
         ran.add(name)
+        # An interrupted run of the same config continues (stages that can, e.g. train from its
+        # last checkpoint); a forced or changed stage starts over.
+        resume = (not forced and manifest is not None and manifest.get("status") == "running"
+                  and manifest.get("fingerprint") == fp)
         stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / MANIFEST).unlink(missing_ok=True)
-        log.info("stage %s: running -> %s", name, stage_dir)
+        (stage_dir / MANIFEST).write_text(json.dumps({"stage": name, "status": "running", "fingerprint": fp}))
+        log.info("stage %s: %s -> %s", name, "resuming" if resume else "running", stage_dir)
         t0 = time.time()
-        counts = runner(job, stage_dir)
+        counts = runner(job, stage_dir, resume)
         manifest = {"stage": name, "status": "complete", "fingerprint": fp, "seconds": round(time.time() - t0, 2),
                     **counts}
         (stage_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -1,0 +1,172 @@
+"""Preference training: the plan (pure), the DPO loop on DeepSpeed in this process, and Ray
+Train runs (1 worker vs 2 workers under ZeRO-2/ZeRO-3, a worker killed and restored)."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ttpa_ray import train_plan as plan
+from ttpa_ray.config import ConfigError, ReferenceConfig, TrainConfig, validate_job
+
+
+def synthetic_pairs(n: int, vocab: int, seed: int = 0) -> list[dict]:
+    """Pairs shaped like the sample stage's: random prompt, a shared completion prefix of
+    0-4 tokens, then chosen and rejected differ at ``divergence_index``."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        d = rng.randint(0, 4)
+        shared = [rng.randrange(3, vocab) for _ in range(d)]
+        chosen = shared + [rng.randrange(3, vocab) for _ in range(rng.randint(4, 12))]
+        rejected = shared + [rng.randrange(3, vocab) for _ in range(rng.randint(4, 12))]
+        while rejected[d] == chosen[d]:
+            rejected[d] = rng.randrange(3, vocab)
+        rows.append({"id": i, "prompt_token_ids": [rng.randrange(3, vocab) for _ in range(rng.randint(16, 40))],
+                     "chosen_token_ids": chosen, "rejected_token_ids": rejected, "divergence_index": d,
+                     "chosen_score": 1.0, "rejected_score": round(rng.random() * 0.5, 3)})
+    return rows
+
+
+# --------------------------------------------------------------------------- plan (pure)
+
+
+@pytest.mark.parametrize("world,micro,accum", [(1, 8, 1), (1, 1, 8), (2, 2, 2), (2, 4, 1), (4, 1, 2)])
+def test_global_batches_do_not_depend_on_the_number_of_workers(world, micro, accum):
+    size = plan.global_batch_size(micro, accum, world)
+    assert size == 8
+    order = plan.epoch_order(40, seed=3, epoch=1)
+    assert sorted(order) == list(range(40)) and order != plan.epoch_order(40, seed=3, epoch=0)
+    seen = []
+    for step in range(plan.steps_per_epoch(40, size)):
+        batch = plan.global_batch(order, step, size)
+        assert batch == order[step * 8:(step + 1) * 8]  # the same for every world size
+        shares = [plan.rank_micro_batches(batch, r, world, micro) for r in range(world)]
+        assert all(len(s) == accum and all(len(m) == micro for m in s) for s in shares)
+        got = sorted(i for s in shares for m in s for i in m)
+        assert got == sorted(batch)
+        seen += got
+    assert sorted(seen) == list(range(40))
+
+
+def test_lr_schedule_and_step_counts():
+    assert [plan.lr_factor(s, "constant", 2, 10) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
+    cos = [plan.lr_factor(s, "cosine", 0, 4) for s in range(4)]
+    assert cos[0] == 1.0 and cos == sorted(cos, reverse=True) and cos[-1] > 0
+    assert plan.total_steps(10, 4, epochs=3, max_steps=None) == 6  # 2 full batches per epoch
+    assert plan.total_steps(10, 4, epochs=3, max_steps=5) == 5
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        plan.steps_per_epoch(3, 4)
+    with pytest.raises(ValueError, match="lr_scheduler"):
+        plan.lr_factor(5, "step", 0, 10)
+
+
+def test_deepspeed_config_per_stage():
+    ds = plan.deepspeed_config(TrainConfig(zero_stage=3, offload_optimizer=True, offload_params=True,
+                                           micro_batch_size=2, gradient_accumulation_steps=3), world=4, bf16=True)
+    assert ds["train_batch_size"] == 24 and ds["bf16"]["enabled"]
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    assert "offload_param" not in plan.deepspeed_config(TrainConfig(zero_stage=2), 1, False)["zero_optimization"]
+
+
+def test_train_config_errors_name_the_field():
+    with pytest.raises(ConfigError) as err:
+        validate_job({"name": "x", "train": {"beta": 0, "loss_type": "hinge"}})
+    assert "train.beta" in str(err.value) and "train.loss_type" in str(err.value)
+    with pytest.raises(ConfigError, match="offload_params needs zero_stage 3"):
+        validate_job({"name": "x", "train": {"zero_stage": 2, "offload_params": True}})
+    with pytest.raises(ConfigError, match="LoRA with zero_stage 3"):
+        validate_job({"name": "x", "train": {"zero_stage": 3, "lora": {"r": 8}}})
+
+
+# --------------------------------------------------------------------------- DeepSpeed in this process
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    """A one-process gloo group, as Ray Train would set up for one worker."""
+    import deepspeed
+    import torch.distributed as dist
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def pairs_with_ref(tiny_model, tmp_path_factory):
+    """Synthetic pairs with reference log-probs from the starting model (computed in-process
+    with the same forward the reference stage's actors use)."""
+    from ttpa_ray.reference import ReferenceBatch
+
+    rows = synthetic_pairs(16, 500)
+    ref = ReferenceBatch(str(tiny_model), "float32", prefix_weight=1.0, batch_size=4)
+    for r, (c, rj) in zip(rows, ref.logps(rows)):
+        r["ref_chosen_logps"], r["ref_rejected_logps"] = c, rj
+    path = tmp_path_factory.mktemp("ref") / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def _run_local(tiny_model, pairs, steps, **overrides):
+    import torch
+
+    from ttpa_ray.train import _prepare_pairs, run_steps
+    from ttpa_ray.train_engine import Policy
+
+    cfg = TrainConfig(learning_rate=1e-3, max_steps=steps, **overrides)
+    table, _ = _prepare_pairs(pairs, cfg)
+    policy = Policy.create(tiny_model, cfg, world=1, total_steps=steps, use_gpu=False)
+    state = run_steps(policy, table, cfg, seed=0, rank=0, world=1, total=steps, pad_id=0,
+                      state={"step": 0, "history": []})
+    weights = {n: p.detach().clone() for n, p in policy.module.named_parameters()}
+    return state["history"], weights, policy
+
+
+@pytest.mark.slow
+def test_first_step_is_ln2_and_accumulation_1x8_equals_8x1(tiny_model, pairs_with_ref, process_group):
+    import torch
+
+    a, wa, _ = _run_local(tiny_model, pairs_with_ref, 2, micro_batch_size=8, gradient_accumulation_steps=1,
+                          zero_stage=0)
+    b, wb, _ = _run_local(tiny_model, pairs_with_ref, 2, micro_batch_size=1, gradient_accumulation_steps=8,
+                          zero_stage=2)
+    assert a[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference at step 1
+    assert abs(a[0]["rewards/chosen"]) < 1e-5 and abs(a[0]["rewards/margins"]) < 1e-6
+    for x, y in zip(a, b):
+        assert x["pairs"] == y["pairs"] == 8
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+        assert x["rewards/margins"] == pytest.approx(y["rewards/margins"], abs=1e-5)
+    for name, w in wa.items():
+        assert torch.allclose(w, wb[name], atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_lora_trains_adapters_only_and_exports_merged(tiny_model, pairs_with_ref, process_group, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    hist, weights, policy = _run_local(tiny_model, pairs_with_ref, 2, micro_batch_size=4, zero_stage=2, lora=lora)
+    trainable = [n for n, p in policy.module.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    policy.export(tmp_path / "model", rank=0)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    k = "model.layers.0.self_attn.k_proj.weight"
+    sd, sb = merged.state_dict(), base.state_dict()
+    assert not torch.allclose(sd[q], sb[q]) and torch.equal(sd[k], sb[k])  # merged where LoRA sat, only there

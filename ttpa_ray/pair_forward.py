@@ -1,0 +1,196 @@
+"""Shared-prefix forward for preference pairs: log p(chosen), log p(rejected) of a causal LM.
+
+A TTPA pair shares the prompt (often 500+ tokens) and the first ``divergence_index`` (``d``)
+completion tokens; it differs from completion token ``d`` on. Instead of two full sequences
+(:func:`naive_pair_logps`, the reference) :func:`pair_logps` runs the decoder once over the
+shared prefix ``prompt + chosen[:d]`` (``B`` rows), repeats its key/value cache for both
+continuations and runs the decoder over ``chosen[d:]`` and ``rejected[d:]`` (``2B`` rows).
+Gradients flow through the cache into the prefix. The LM head sees only hidden states that
+predict completion tokens, never prompt positions: the shared completion tokens are scored
+once and added to both sides, and the last prefix position predicts both ``chosen[d]`` and
+``rejected[d]``. The last suffix token predicts nothing, so it is never fed.
+
+Modules are only called through their forward (decoder, then ``get_output_embeddings()``), so
+DeepSpeed ZeRO-3 gathers their parameters as usual. Not supported: sliding-window attention
+layers (their cache is truncated) and models that post-process logits after the LM head (e.g.
+Gemma-2 soft-capping); use :func:`naive_pair_logps` for those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from ttpa_ray.losses import divergence_weights, sequence_logps
+
+COLUMNS = ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "divergence_index")
+
+
+@dataclass
+class PairBatch:
+    """``B`` pairs split at their divergence token; right-padded with ``pad_token_id``.
+
+    Suffix rows are interleaved: row ``2b`` is ``chosen[b][d:]``, row ``2b+1`` ``rejected[b][d:]``.
+    """
+
+    prefix_ids: Tensor        # (B, P) prompt + chosen[:d]
+    prefix_mask: Tensor       # (B, P) 1 on real tokens
+    prompt_lens: Tensor       # (B,)
+    divergence_index: Tensor  # (B,) d, counted in completion tokens
+    suffix_ids: Tensor        # (2B, S) chosen[d:] / rejected[d:], interleaved
+    suffix_mask: Tensor       # (2B, S)
+
+    def __len__(self) -> int:
+        return self.prefix_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
+                                            for f in dataclasses.fields(self)})
+
+
+@dataclass
+class PairLogps:
+    """All ``(B,)``: summed (weighted) completion log-probs and the summed weights."""
+
+    chosen: Tensor
+    rejected: Tensor
+    chosen_tokens: Tensor
+    rejected_tokens: Tensor
+
+    def mean(self) -> tuple[Tensor, Tensor]:
+        """Per-token averages ``(chosen, rejected)`` (IPO is length-normalised)."""
+        return self.chosen / self.chosen_tokens.clamp(min=1.0), self.rejected / self.rejected_tokens.clamp(min=1.0)
+
+
+def _problems(i: int, row: Mapping[str, Any]) -> list[str]:
+    if missing := [c for c in COLUMNS if c not in row]:
+        return [f"row {i}: missing column(s) {missing}; pairs.parquet rows need {list(COLUMNS)}"]
+    p, c, r = (list(row[k]) for k in COLUMNS[:3])
+    d = int(row["divergence_index"])
+    if not p:
+        return [f"row {i}: prompt_token_ids is empty; the first completion token is predicted from the prompt"]
+    if c == r:
+        return [f"row {i}: chosen and rejected token ids are identical; drop the pair (no preference)"]
+    first = next((k for k, (x, y) in enumerate(zip(c, r)) if x != y), min(len(c), len(r)))
+    if d != first:
+        return [f"row {i}: divergence_index={d} but chosen and rejected first differ at completion token "
+                f"{first}; recompute it with ttpa_ray.tps.first_difference(chosen, rejected)"]
+    return []
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad: int, min_width: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-pad to ``(N, max(max len, min_width))`` ids and mask."""
+    width = max(min_width, *(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def collate_pairs(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> PairBatch:
+    """Rows of pairs.parquet -> :class:`PairBatch`. Raises ValueError listing every bad row."""
+    if not rows:
+        raise ValueError("collate_pairs got no rows; pass at least one pair")
+    if pad_token_id < 0:
+        raise ValueError(f"pad_token_id must be >= 0 (any valid token id), got {pad_token_id}")
+    problems = [msg for i, row in enumerate(rows) for msg in _problems(i, row)]
+    if problems:
+        more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ValueError("bad preference pairs:\n" + "\n".join(problems[:10]) + more)
+    prompts = [[int(t) for t in row["prompt_token_ids"]] for row in rows]
+    chosen = [[int(t) for t in row["chosen_token_ids"]] for row in rows]
+    rejected = [[int(t) for t in row["rejected_token_ids"]] for row in rows]
+    ds = [int(row["divergence_index"]) for row in rows]
+    prefix_ids, prefix_mask = _pad([p + c[:d] for p, c, d in zip(prompts, chosen, ds)], pad_token_id)
+    suffixes = [s[d:] for c, r, d in zip(chosen, rejected, ds) for s in (c, r)]
+    # Width >= 2 so the suffix forward always runs (on padding if need be): under ZeRO-3 every
+    # rank must call the decoder the same number of times, or the parameter all-gathers hang.
+    suffix_ids, suffix_mask = _pad(suffixes, pad_token_id, min_width=2)
+    return PairBatch(prefix_ids, prefix_mask, torch.tensor([len(p) for p in prompts]), torch.tensor(ds),
+                     suffix_ids, suffix_mask)
+
+
+def _token_logps(logits: Tensor, labels: Tensor) -> Tensor:
+    """``(N, V)`` logits, ``(N, K)`` labels -> ``(N, K)`` log p, softmax in at least fp32."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits.gather(-1, labels) - logits.logsumexp(-1, keepdim=True)
+
+
+def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 1.0) -> PairLogps:
+    """Shared-prefix forward of a HF causal LM. ``prefix_weight`` weights the completion tokens
+    before the divergence token (0: only tokens from the divergence on count)."""
+    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
+    B, P = batch.prefix_ids.shape
+    device = batch.prefix_ids.device
+    prefix_lens = batch.prefix_mask.sum(-1)                                       # (B,)
+    cache = DynamicCache(config=model.config)
+    if any(cache.is_sliding):
+        raise NotImplementedError("pair_logps does not support sliding-window attention layers (their cache is "
+                                  "truncated); use naive_pair_logps for this model")
+    pos = torch.arange(P, device=device).expand(B, P)
+    h = decoder(input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask, position_ids=pos,
+                past_key_values=cache, use_cache=True).last_hidden_state        # (B, P, H)
+    if cache.get_seq_length() != P:
+        raise RuntimeError("the decoder did not fill the key/value cache, which HF gradient checkpointing does in "
+                           "training mode; call model.gradient_checkpointing_disable() (or use naive_pair_logps)")
+
+    # Hidden states that predict completion tokens: shared chosen[:d] (d per row), the last prefix
+    # position (predicts chosen[d] and rejected[d]), and suffix positions but the last.
+    shared = (pos >= batch.prompt_lens[:, None] - 1) & (pos < prefix_lens[:, None] - 1)    # (B, P)
+    parts = [h[shared], h[torch.arange(B, device=device), prefix_lens - 1]]
+    next_ids = batch.prefix_ids.roll(-1, dims=1)                                          # (B, P)
+    rest_mask = batch.suffix_mask[:, 1:].bool()                                           # (2B, S-1)
+    S1 = rest_mask.shape[1]
+    if S1 < 1:
+        raise ValueError("batch.suffix_ids must be at least 2 wide; build batches with collate_pairs")
+    cache.batch_repeat_interleave(2)                                              # (2B, ..., P, ...)
+    hs = decoder(input_ids=batch.suffix_ids[:, :-1],
+                 attention_mask=torch.cat([batch.prefix_mask.repeat_interleave(2, 0),
+                                           batch.suffix_mask[:, :-1]], dim=1),      # (2B, P + S-1)
+                 position_ids=prefix_lens.repeat_interleave(2)[:, None] + torch.arange(S1, device=device),
+                 past_key_values=cache, use_cache=True).last_hidden_state          # (2B, S-1, H)
+    parts.append(hs[rest_mask])
+    logits = lm_head(torch.cat(parts))                                            # (N, V)
+    n_shared = parts[0].shape[0]
+    lp_shared = _token_logps(logits[:n_shared], next_ids[shared][:, None])[:, 0]
+    first_mask = batch.suffix_mask[:, 0].view(B, 2)
+    lp_first = _token_logps(logits[n_shared:n_shared + B], batch.suffix_ids[:, 0].view(B, 2)) * first_mask
+    rows = torch.arange(2 * B, device=device)[:, None].expand_as(rest_mask)[rest_mask]
+    lp_rest = _token_logps(logits[n_shared + B:], batch.suffix_ids[:, 1:][rest_mask][:, None])[:, 0]
+
+    dtype = lp_first.dtype
+    shared_sum = torch.zeros(B, dtype=dtype, device=device).index_add(
+        0, torch.arange(B, device=device)[:, None].expand(B, P)[shared], lp_shared)
+    rest_sum = torch.zeros(2 * B, dtype=dtype, device=device).index_add(0, rows, lp_rest).view(B, 2)
+    total = prefix_weight * shared_sum[:, None] + lp_first + rest_sum            # (B, 2)
+    tokens = prefix_weight * batch.divergence_index[:, None].to(dtype) + batch.suffix_mask.sum(-1).view(B, 2)
+    return PairLogps(total[:, 0], total[:, 1], tokens[:, 0], tokens[:, 1])
+
+
+def naive_pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 1.0) -> PairLogps:
+    """Reference: ``2B`` full sequences (chosen rows, then rejected rows), full logits."""
+    B = len(batch)
+    prefix_lens, suffix_lens = batch.prefix_mask.sum(-1).tolist(), batch.suffix_mask.sum(-1).tolist()
+    seqs, starts = [], []
+    for side in (0, 1):
+        for b in range(B):
+            j = 2 * b + side
+            seqs.append(batch.prefix_ids[b, :prefix_lens[b]].tolist() + batch.suffix_ids[j, :suffix_lens[j]].tolist())
+            starts.append(int(batch.prompt_lens[b]))
+    ids, mask = _pad(seqs, pad=0)  # padding is masked out: any valid id will do
+    device = batch.prefix_ids.device
+    ids, mask, starts_t = ids.to(device), mask.to(device), torch.tensor(starts, device=device)
+    completion = mask * (torch.arange(ids.shape[1], device=device) >= starts_t[:, None])  # (2B, T)
+    logits = model(input_ids=ids, attention_mask=mask).logits                    # (2B, T, V)
+    weights = divergence_weights(completion, batch.divergence_index.repeat(2), prefix_weight)
+    logps = sequence_logps(logits[:, :-1], ids[:, 1:], completion[:, 1:], weights[:, 1:])
+    tokens = weights.sum(-1).to(logps.dtype)
+    return PairLogps(logps[:B], logps[B:], tokens[:B], tokens[B:])
