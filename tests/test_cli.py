@@ -53,9 +53,19 @@ def test_run_tiny_job_then_rerun_skips(tiny_model, smollm2, tmp_path: Path):
     pairs = pq.read_table(out / "tiny-cpu/sample/pairs.parquet").num_rows
     assert pairs == samp["pairs"] == len((out / "tiny-cpu/sample/pairs_trl.jsonl").read_text().splitlines())
 
+    # reference -> train: every pair has reference log-probs; two optimizer steps, a model.
+    ref = json.loads((out / "tiny-cpu/reference/manifest.json").read_text())
+    assert ref["pairs"] == pairs and ref["ref_errors"] == 0
+    ref_rows = pq.read_table(out / "tiny-cpu/reference/pairs.parquet").to_pylist()
+    assert all(r["ref_chosen_logps"] < 0 and r["ref_rejected_logps"] < 0 for r in ref_rows)
+    tr = json.loads((out / "tiny-cpu/train/manifest.json").read_text())
+    metrics = [json.loads(x) for x in (out / "tiny-cpu/train/metrics.jsonl").read_text().splitlines()]
+    assert tr["steps"] == 2 == len(metrics) and abs(metrics[0]["loss"] - 0.693147) < 1e-4
+    assert (out / "tiny-cpu/train/model/model.safetensors").is_file()
+
     again = ttpa("run", *job)
     assert again.returncode == 0
-    for stage in ("probe", "construct", "sample"):
+    for stage in ("probe", "construct", "sample", "reference", "train"):
         assert f"stage {stage}: complete, skipped" in again.stderr
     assert json.loads((out / "tiny-cpu/probe/manifest.json").read_text()) == manifest
 

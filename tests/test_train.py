@@ -3,6 +3,7 @@ Train runs (1 worker vs 2 workers under ZeRO-2/ZeRO-3, a worker killed and resto
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -122,12 +123,10 @@ def pairs_with_ref(tiny_model, tmp_path_factory):
 
 
 def _run_local(tiny_model, pairs, steps, **overrides):
-    import torch
-
     from ttpa_ray.train import _prepare_pairs, run_steps
     from ttpa_ray.train_engine import Policy
 
-    cfg = TrainConfig(learning_rate=1e-3, max_steps=steps, **overrides)
+    cfg = TrainConfig(**{"learning_rate": 1e-3, "max_steps": steps} | overrides)
     table, _ = _prepare_pairs(pairs, cfg)
     policy = Policy.create(tiny_model, cfg, world=1, total_steps=steps, use_gpu=False)
     state = run_steps(policy, table, cfg, seed=0, rank=0, world=1, total=steps, pad_id=0,
@@ -170,3 +169,87 @@ def test_lora_trains_adapters_only_and_exports_merged(tiny_model, pairs_with_ref
     k = "model.layers.0.self_attn.k_proj.weight"
     sd, sb = merged.state_dict(), base.state_dict()
     assert not torch.allclose(sd[q], sb[q]) and torch.equal(sd[k], sb[k])  # merged where LoRA sat, only there
+
+
+# --------------------------------------------------------------------------- Ray Train
+
+
+@pytest.fixture(scope="module")
+def ray_runs(tiny_model, pairs_with_ref, process_group, ray_local, tmp_path_factory, monkeypatch_module):
+    """Over the same 16 pairs, 2 epochs, global batch 4 (6 steps): the 1-worker curve (the
+    worker's loop in this process), and two Ray Train runs with 2 workers: ZeRO-3, and ZeRO-2
+    whose last rank is SIGKILLed after step 3 (checkpoints every 2 steps, max_failures 1)."""
+    from ttpa_ray.train import FAULT_ENV, run_train
+
+    base = dict(learning_rate=1e-3, epochs=2, max_steps=6, checkpoint_every=2, cpus_per_worker=0.5,
+                lr_scheduler="constant", warmup_ratio=0.0)
+    one, _, _ = _run_local(tiny_model, pairs_with_ref, 6, **base | dict(micro_batch_size=4, zero_stage=0))
+    runs = {"one": ({"steps": len(one), "restores": []}, one, None)}
+    for name, kw in (("zero3", dict(num_workers=2, micro_batch_size=2, zero_stage=3)),
+                     ("killed", dict(num_workers=2, micro_batch_size=1, gradient_accumulation_steps=2,
+                                     zero_stage=2, max_failures=1))):
+        out = tmp_path_factory.mktemp(name)
+        if name == "killed":
+            monkeypatch_module.setenv(FAULT_ENV, "3")
+        counts = run_train(TrainConfig(**base, **kw), str(tiny_model), pairs_with_ref, out)
+        monkeypatch_module.delenv(FAULT_ENV, raising=False)
+        history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = (counts, history, out)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_two_workers_zero2_zero3_match_one_worker_and_learn(ray_runs):
+    """Data order and global batches do not depend on the number of workers, so the curves match."""
+    counts, one, _ = ray_runs["one"]
+    assert counts["steps"] == 6 and [r["step"] for r in one] == list(range(1, 7)) and counts["restores"] == []
+    assert one[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert all(r["pairs"] == 4 for r in one)
+    # Epoch 2 revisits the pairs of epoch 1: the policy now prefers the chosen side.
+    epoch2 = [r for r in one if r["epoch"] == 1]
+    assert sum(r["loss"] for r in epoch2) / len(epoch2) < math.log(2) - 0.01
+    assert sum(r["rewards/margins"] for r in epoch2) > 0
+    for name in ("zero3", "killed"):
+        other = ray_runs[name][1]
+        assert other[0]["grad_norm"] == pytest.approx(one[0]["grad_norm"], rel=1e-4)
+        assert [r["step"] for r in other] == list(range(1, 7)), name
+        for a, b in zip(one, other):
+            assert b["loss"] == pytest.approx(a["loss"], abs=1e-4), (name, a["step"])
+            assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-4), (name, a["step"])
+
+
+@pytest.mark.slow
+def test_killed_worker_restores_from_last_checkpoint(ray_runs):
+    counts, history, out = ray_runs["killed"]
+    assert counts["restores"] == [2]  # killed after step 3; the step-2 checkpoint was restored
+    assert counts["steps"] == 6 and len(history) == 6  # no duplicated or missing step
+    assert (out / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_trained_model_loads_in_vllm_and_transformers(ray_runs, tiny_model, ray_local):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ttpa_ray.config import EngineConfig
+    from ttpa_ray.engines.actors import EngineActor
+    from ttpa_ray.engines.base import SamplingParams
+
+    model = ray_runs["zero3"][2] / "model"  # consolidated from ZeRO-3 shards
+    trained = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), base.state_dict().values()))
+    prompt = [5, 17, 42, 99, 7, 3]
+    want = trained.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt):].tolist()
+    cfg = EngineConfig(backend="vllm", model=str(model), dtype="float32", max_model_len=256).model_dump()
+    actor = ray_local.remote(num_cpus=0.5)(EngineActor).remote(cfg)  # vLLM in its own process
+    got = ray_local.get(actor.generate.remote([prompt], SamplingParams(max_tokens=6, temperature=0.0).to_dict()))[0]
+    ray_local.kill(actor)
+    assert got["error"] is None and got["completions"][0]["token_ids"] == want

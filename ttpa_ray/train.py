@@ -75,19 +75,28 @@ class _Metrics:
 
     def __init__(self) -> None:
         self.sums = torch.zeros(6, dtype=torch.float64)  # loss, r_c, r_r, acc, pairs, tokens
+        self.peak = torch.zeros(2, dtype=torch.float64)  # this rank's RSS now and at its peak (MB)
 
     def add(self, losses: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, tokens: int) -> None:
         self.sums += torch.tensor([losses.detach().sum().item(), rc.sum().item(), rr.sum().item(),
                                    (rc > rr).float().sum().item(), len(losses), tokens], dtype=torch.float64)
 
     def reduce(self) -> dict[str, float]:
+        import resource
+
+        import psutil
+
         s = self.sums.clone()
+        self.peak[0] = psutil.Process().memory_info().rss / 2**20
+        self.peak[1] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KB on Linux
         if dist.is_initialized():
             dist.all_reduce(s)
+            dist.all_reduce(self.peak, op=dist.ReduceOp.MAX)
         n = max(s[4].item(), 1.0)
         return {"loss": s[0].item() / n, "rewards/chosen": s[1].item() / n, "rewards/rejected": s[2].item() / n,
                 "rewards/margins": (s[1] - s[2]).item() / n, "rewards/accuracies": s[3].item() / n,
-                "pairs": int(s[4].item()), "tokens": int(s[5].item())}
+                "pairs": int(s[4].item()), "tokens": int(s[5].item()),
+                "rss_mb_max_rank": round(self.peak[0].item(), 1), "peak_rss_mb_max_rank": round(self.peak[1].item(), 1)}
 
 
 def _pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id: int
@@ -122,6 +131,10 @@ def _report(policy: Any, state: dict[str, Any], rank: int, final: bool) -> None:
         has_files = any(folder.iterdir())
         metrics = state["history"][-1] if state["history"] else {"step": 0}
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
+        if not final:
+            # Block until the controller has registered it: a crash right after this line
+            # must restore from this checkpoint, not the one before.
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
 def train_loop(config: dict[str, Any]) -> None:
