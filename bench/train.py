@@ -51,7 +51,7 @@ BETA = 0.1
 LR = 5e-5  # large enough that the per-step losses of both trainers move (and can be compared)
 CASES = {
     "short": {"model": "tiny-random", "batch": 8, "warmup": 2, "steps": 20, "quick_steps": 4},
-    "long": {"model": "smollm2-135m-instruct", "batch": 2, "warmup": 1, "steps": 4, "quick_steps": 2},
+    "long": {"model": "smollm2-135m-instruct", "batch": 2, "warmup": 1, "steps": 3, "quick_steps": 2},
 }
 GOALS = {"short": 1.0, "long": 1.8, "memory": 0.6}
 
@@ -89,10 +89,11 @@ def _perturb(value: Any) -> Any:
     return "unknown"
 
 
-def long_pairs(model_dir: Path, n: int) -> list[dict[str, Any]]:
+def long_pairs(model_dir: Path, n: int, prompt_tokens: tuple[int, int] = (500, 700)) -> list[dict[str, Any]]:
     """TPS-like pairs on real prompts: the gold tool plus another of the bundled catalog,
-    rendered with the model's chat template (>= 500 tokens); chosen = the gold call + eos;
-    rejected = the same call with its first argument value changed (a branch inside the call)."""
+    rendered with the model's chat template; the first ``n`` whose prompt length falls in
+    ``prompt_tokens``. chosen = the gold call + eos; rejected = the same call with its first
+    argument value changed (a branch inside the call, then a different continuation)."""
     from transformers import AutoTokenizer
 
     from ttpa_ray.tools import bundled_catalog
@@ -100,8 +101,10 @@ def long_pairs(model_dir: Path, n: int) -> list[dict[str, Any]]:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tools = [t for t in bundled_catalog() if t.examples and len(t.examples[0]) >= 2]
-    rows = []
-    for i in range(n):
+    rows: list[dict[str, Any]] = []
+    for i in range(4 * len(tools)):
+        if len(rows) == n:
+            break
         gold = tools[(i * 7) % len(tools)]
         offered = [gold, tools[(i * 7 + 11) % len(tools)]]
         args = dict(gold.examples[0])
@@ -109,6 +112,8 @@ def long_pairs(model_dir: Path, n: int) -> list[dict[str, Any]]:
         text = tok.apply_chat_template([{"role": "user", "content": query}], tools=[t.openai() for t in offered],
                                        add_generation_prompt=True, tokenize=False)
         prompt = tok(text, add_special_tokens=False)["input_ids"]
+        if not prompt_tokens[0] <= len(prompt) <= prompt_tokens[1]:
+            continue
         first = next(iter(args))
         bad = {**args, first: _perturb(args[first])}
 
@@ -117,9 +122,12 @@ def long_pairs(model_dir: Path, n: int) -> list[dict[str, Any]]:
             return tok(f"<tool_call>\n{body}\n</tool_call>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
         chosen, rejected = call(args), call(bad)
-        rows.append({"id": i, "prompt_token_ids": prompt, "chosen_token_ids": chosen, "rejected_token_ids": rejected,
+        rows.append({"id": len(rows), "prompt_token_ids": prompt, "chosen_token_ids": chosen,
+                     "rejected_token_ids": rejected,
                      "divergence_index": first_difference(chosen, rejected), "chosen_score": 1.0,
                      "rejected_score": 0.6})
+    if len(rows) < n:
+        raise ValueError(f"only {len(rows)} prompts of {prompt_tokens} tokens in the bundled catalog; widen the range")
     return rows
 
 
@@ -176,11 +184,11 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     model_dir = resolve(spec["model"])
     rows, B, warmup, steps = spec["pairs"], spec["batch"], spec["warmup"], spec["steps"]
 
-    # Reference pass (our reference stage's forward), timed per pair: warm-up once, median of 3.
+    # Reference pass (our reference stage's forward), timed per pair: warm-up on one pair, median of 2.
     ref = ReferenceBatch(str(model_dir), "float32", prefix_weight=1.0, batch_size=B)
-    ref.logps(rows[:B])
+    ref.logps(rows[:1])
     ref_times = []
-    for _ in range(3):
+    for _ in range(2):
         t0 = time.perf_counter()
         logps = [lp for s in range(0, len(rows), B) for lp in ref.logps(rows[s:s + B])]
         ref_times.append(time.perf_counter() - t0)
@@ -437,6 +445,20 @@ def _run(kind: str, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     return result
 
 
+def _run_measured(kind: str, spec: dict[str, Any], tmp: Path, busy: float = 0.25) -> dict[str, Any]:
+    """A timed side; run once more if other processes took more than ``busy`` cores meanwhile,
+    keeping the attempt with the quieter machine."""
+    first = _run(kind, spec, tmp)
+    if first["other_processes_cpu_cores_mean"] <= busy:
+        return first
+    print(f"  {kind}: the machine was busy, measuring again", flush=True)
+    second = _run(kind, spec, tmp)
+    best = min((first, second), key=lambda r: r["other_processes_cpu_cores_mean"])
+    best["attempts_other_cpu_cores_mean"] = [first["other_processes_cpu_cores_mean"],
+                                             second["other_processes_cpu_cores_mean"]]
+    return best
+
+
 def _compare(ours: dict[str, Any], trl: dict[str, Any], trl_pre: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "step1_logps_chosen": {"ours": ours["step1_logps_chosen_mean"], "trl": trl["step1_logps_chosen_mean"],
@@ -461,8 +483,7 @@ def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
     steps = c["warmup"] + (c["quick_steps"] if quick else c["steps"])
     rows = short_pairs(c["batch"], vocab=1000) if name == "short" else long_pairs(resolve(c["model"]), c["batch"])
     spec = {"model": c["model"], "batch": c["batch"], "warmup": c["warmup"], "steps": steps, "pairs": rows}
-    sides = {"ours": _run("ours", spec, tmp), "trl": _run("trl", spec, tmp),
-             "trl_precompute": _run("trl_precompute", spec, tmp)}
+    sides = {k: _run_measured(k, spec, tmp) for k in ("ours", "trl", "trl_precompute")}
     base = sides["ours"]["seconds_per_step"]
     summary = {k: {"steps_per_s": v["steps_per_s"], "seconds_per_step": v["seconds_per_step"],
                    "other_processes_cpu_cores_mean": v["other_processes_cpu_cores_mean"]} for k, v in sides.items()}

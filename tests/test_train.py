@@ -253,3 +253,45 @@ def test_trained_model_loads_in_vllm_and_transformers(ray_runs, tiny_model, ray_
     got = ray_local.get(actor.generate.remote([prompt], SamplingParams(max_tokens=6, temperature=0.0).to_dict()))[0]
     ray_local.kill(actor)
     assert got["error"] is None and got["completions"][0]["token_ids"] == want
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_loss_equals_trl_dpotrainer_on_the_same_tokens(tiny_model, loss_type, tmp_path):
+    """TRL's own DPOTrainer._compute_loss (its collator, its forward, its loss) on our pairs and
+    our precomputed reference log-probs, against our shared-prefix forward + dpo_loss."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from ttpa_ray.losses import dpo_loss
+    from ttpa_ray.pair_forward import collate_pairs, pair_logps
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = synthetic_pairs(4, 500, seed=7)
+    gen = torch.Generator().manual_seed(1)
+    ref_c, ref_r = -60 - 30 * torch.rand(4, generator=gen, dtype=torch.float64), -60 - 30 * torch.rand(
+        4, generator=gen, dtype=torch.float64)
+    args = DPOConfig(output_dir=str(tmp_path), loss_type=[loss_type], beta=0.1, report_to=[], use_cpu=True,
+                     per_device_train_batch_size=4, save_strategy="no", max_length=None)
+    text = Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    trainer = DPOTrainer(model=model, args=args, train_dataset=text, processing_class=tok)
+    trainer.precompute_ref_logps = True  # use the reference log-probs in the batch, as ours do
+    examples = [{"prompt_ids": r["prompt_token_ids"], "chosen_ids": r["chosen_token_ids"],
+                 "rejected_ids": r["rejected_token_ids"], "ref_chosen_logps": float(c), "ref_rejected_logps": float(j)}
+                for r, c, j in zip(rows, ref_c, ref_r)]
+    batch = DataCollatorForPreference(pad_token_id=tok.pad_token_id or 0)(examples)
+    model.train()
+    trl_loss = trainer._compute_loss(model, batch, return_outputs=False)
+
+    lp = pair_logps(model, collate_pairs(rows, pad_token_id=tok.pad_token_id or 0))
+    pc, pr, rc, rr = lp.chosen, lp.rejected, ref_c, ref_r
+    if loss_type == "ipo":
+        pc, pr = lp.mean()
+        rc, rr = ref_c / lp.chosen_tokens, ref_r / lp.rejected_tokens
+    ours, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type=loss_type)
+    assert ours.mean().item() == pytest.approx(trl_loss.item(), abs=1e-6)
+    assert abs(ours.mean().item() - math.log(2)) > 1e-3  # a reference far from the policy: a real check

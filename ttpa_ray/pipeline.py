@@ -79,7 +79,8 @@ STAGES: dict[str, tuple[Callable[[JobConfig, Path, bool], dict[str, Any]], tuple
     "probe": (_probe, ("probe", "target"), ()),
     "construct": (_construct, ("construct", "seed"), ()),
     "sample": (_sample, ("sample", "target", "score", "seed"), ("construct",)),
-    "reference": (_reference, ("reference", "train", "target"), ("sample",)),
+    "reference": (_reference, ("reference", "target.model", "train.model", "train.dtype", "train.use_gpu",
+                               "train.prefix_weight"), ("sample",)),
     "train": (_train, ("train", "target", "seed"), ("reference",)),
 }
 
@@ -88,7 +89,13 @@ def fingerprint(job: JobConfig, sections: tuple[str, ...]) -> str:
     def dump(v: Any) -> Any:
         return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
 
-    data = json.dumps({s: dump(getattr(job, s)) for s in sections}, sort_keys=True)
+    def get(dotted: str) -> Any:  # "train.prefix_weight": one field of a section
+        value: Any = job
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
+
+    data = json.dumps({s: dump(get(s)) for s in sections}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
