@@ -364,29 +364,37 @@ class OtherLoad:
 
         self.psutil = psutil
         self.me = psutil.Process()
+        self.mine: set[int] = set()  # every pid ever seen in our tree (orphaned Ray workers stay ours)
         self.prev = self._cpu()
-        self.prev_t = time.monotonic()
+        self.prev_t = time.time()
         self.samples: list[float] = []
         self._stop = False
         self._thread: Any = None
 
-    def _cpu(self) -> dict[int, float]:
-        mine = {self.me.pid} | {c.pid for c in self.me.children(recursive=True)}
+    def _cpu(self) -> dict[int, tuple[float, float]]:
+        """pid -> (CPU seconds so far, start time) of every process outside our tree."""
+        self.mine |= {self.me.pid} | {c.pid for c in self.me.children(recursive=True)}
         out = {}
-        for p in self.psutil.process_iter(["pid", "cpu_times"]):
+        for p in self.psutil.process_iter(["pid", "cpu_times", "create_time"]):
             t = p.info["cpu_times"]
-            if p.info["pid"] not in mine and t is not None:
-                out[p.info["pid"]] = t.user + t.system
+            if p.info["pid"] not in self.mine and t is not None:
+                out[p.info["pid"]] = (t.user + t.system, p.info["create_time"] or 0.0)
         return out
 
     def sample(self) -> float:
-        now, t = self._cpu(), time.monotonic()
-        busy = sum(max(0.0, v - self.prev.get(pid, 0.0)) for pid, v in now.items())
+        now, t = self._cpu(), time.time()
+        busy = 0.0
+        for pid, (cpu, started) in now.items():
+            if pid in self.prev:
+                busy += max(0.0, cpu - self.prev[pid][0])
+            elif started >= self.prev_t:  # started since the last sample: all its CPU time is new
+                busy += cpu
         cores = busy / max(t - self.prev_t, 1e-3)
         self.prev, self.prev_t = now, t
         return cores
 
     def wait_quiet(self, below: float, seconds: int, max_wait: float) -> float:
+        self.sample()
         t0, quiet = time.monotonic(), 0
         while quiet < seconds and time.monotonic() - t0 < max_wait:
             time.sleep(1.0)

@@ -49,7 +49,7 @@ def test_run_tiny_job_then_rerun_skips(tiny_model, smollm2, tmp_path: Path):
     assert sorted(r["id"] for r in kept + rejected) == list(range(4)) and all(r["reason"] for r in rejected)
     _kept_calls_validate_and_execute(kept)
     samp = json.loads((out / "tiny-cpu/sample/manifest.json").read_text())
-    assert samp["turns"] >= cons["kept"] and samp["turn_errors"] == 0
+    assert samp["turns"] >= cons["kept"] - samp["held_out_instances"] and samp["turn_errors"] == 0
     pairs = pq.read_table(out / "tiny-cpu/sample/pairs.parquet").num_rows
     assert pairs == samp["pairs"] == len((out / "tiny-cpu/sample/pairs_trl.jsonl").read_text().splitlines())
 
@@ -63,9 +63,20 @@ def test_run_tiny_job_then_rerun_skips(tiny_model, smollm2, tmp_path: Path):
     assert tr["steps"] == 2 == len(metrics) and abs(metrics[0]["loss"] - 0.693147) < 1e-4
     assert (out / "tiny-cpu/train/model/model.safetensors").is_file()
 
+    # evaluate: the base and the trained model on the same rows; held-out instances never sampled.
+    ev = json.loads((out / "tiny-cpu/evaluate/manifest.json").read_text())
+    for label in ("base", "trained"):
+        assert ev[label]["bfcl_rows"] == 4, ev  # 2 categories x 2
+        metrics = json.loads((out / f"tiny-cpu/evaluate/{label}/metrics.json").read_text())
+        assert set(metrics["bfcl"]) >= {"simple", "irrelevance", "overall"}
+    assert json.loads((out / "tiny-cpu/evaluate/trained/metrics.json").read_text())["model"].endswith("train/model")
+    held = {r["instance_id"] for r in pq.read_table(out / "tiny-cpu/evaluate/base/held_out.parquet").to_pylist()}
+    sampled = {r["instance_id"] for r in pq.read_table(out / "tiny-cpu/sample/pairs.parquet").to_pylist()}
+    assert not held & sampled
+
     again = ttpa("run", *job)
     assert again.returncode == 0
-    for stage in ("probe", "construct", "sample", "reference", "train"):
+    for stage in ("probe", "construct", "sample", "reference", "train", "evaluate"):
         assert f"stage {stage}: complete, skipped" in again.stderr
     assert json.loads((out / "tiny-cpu/probe/manifest.json").read_text()) == manifest
 

@@ -4,6 +4,7 @@
     ttpa construct jobs/demo-cpu.yaml [key=value ...]
     ttpa sample jobs/demo-cpu.yaml [key=value ...]
     ttpa train jobs/demo-cpu.yaml [key=value ...]
+    ttpa evaluate jobs/demo-cpu.yaml [--model PATH]
     ttpa models prepare smollm2-135m-instruct | tiny-random | PATH
     ttpa models list
     ttpa score-calls --input IN.jsonl --output OUT.jsonl
@@ -17,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from ttpa_ray.config import ConfigError, load_job
 
@@ -32,7 +34,22 @@ def _run(args: argparse.Namespace) -> int:
     for name, manifest in results.items():
         counts = {k: v for k, v in manifest.items() if k not in ("stage", "status", "fingerprint")}
         print(f"  {name:10s} {counts}")
+    if "evaluate" in results:
+        _print_comparison(results["evaluate"])
     return 0
+
+
+def _print_comparison(manifest: dict) -> None:
+    """Base vs trained, the figures a user looks for first."""
+    models = [m for m in ("base", "trained") if isinstance(manifest.get(m), dict)]
+    keys = ("bfcl_simple_accuracy", "bfcl_accuracy", "held_out_accuracy", "pass_rate")
+    print("\n  " + f"{'':22s}" + "".join(f"{m:>10s}" for m in models))
+    for k in keys:
+        cells = []
+        for m in models:
+            v = manifest[m].get(k)
+            cells.append(f"{v:10.3f}" if isinstance(v, (int, float)) else f"{'-':>10s}")
+        print(f"  {k:22s}" + "".join(cells))
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -42,6 +59,23 @@ def _stage(args: argparse.Namespace) -> int:
     manifest = run_pipeline(job, only=args.command)[args.command]
     print(f"{args.command}: {job.run_dir / args.command}")
     print(json.dumps({k: v for k, v in manifest.items() if k not in ("stage", "status", "fingerprint")}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if not args.model:
+        return _stage(args)
+    from ttpa_ray.evaluate import run_evaluate
+    from ttpa_ray.runtime import init_ray
+
+    job = load_job(args.job, args.overrides)
+    init_ray(job.ray.address, job.ray.num_cpus, job.ray.include_dashboard)
+    out = job.run_dir / "evaluate" / Path(args.model).name
+    instances = job.run_dir / "construct" / "instances.parquet"
+    counts = run_evaluate(job.evaluate, job.target, job.score, args.model, instances if instances.is_file() else None,
+                          out, seed=job.seed)
+    print(f"evaluate {args.model}: {out}")
+    print(json.dumps(counts, indent=2))
     return 0
 
 
@@ -110,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job")
         p.add_argument("overrides", nargs="*")
         p.set_defaults(fn=_stage)
+
+    ev = sub.add_parser("evaluate", help="BFCL + held-out + pass rate: the base and trained models (the stage), "
+                                         "or one --model")
+    ev.add_argument("job")
+    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--model", help="a bundled model name or an HF folder (e.g. runs/NAME/train/model)")
+    ev.set_defaults(fn=_evaluate)
 
     models = sub.add_parser("models", help="prepare or list models (never downloads from a hub)")
     models.add_argument("action", choices=["prepare", "list"])

@@ -289,6 +289,26 @@ class TrainConfig(Section):
         return self
 
 
+class EvaluateConfig(Section):
+    """Evaluation of one model (the target, or a trained checkpoint) on BFCL's AST categories
+    and on a held-out split of the constructed instances (see ``ttpa_ray/evaluate.py``)."""
+
+    enabled: bool = True
+    categories: list[Literal["simple", "multiple", "parallel", "parallel_multiple", "irrelevance"]] = Field(
+        ["simple", "multiple", "parallel", "parallel_multiple", "irrelevance"],
+        description="BFCL v4 categories to run (simple = simple_python); [] skips BFCL.")
+    max_per_category: int | None = Field(
+        50, ge=1, description="First N entries of each BFCL category (CPU runs); null = all of them.")
+    held_out_fraction: float = Field(
+        0.2, ge=0, le=1, description="Share of constructed instances held out from sampling and evaluated; "
+        "which ones is a deterministic function of (instance id, job seed).")
+    max_tokens: int = Field(256, ge=8, description="Greedy generation budget per assistant turn.")
+    pass_rate: bool = Field(True, description="Also play whole episodes on held-out instances whose tools all "
+                                              "run in the sandbox (ToolBench-style pass rate).")
+    max_steps: int = Field(4, ge=1, le=16, description="Pass rate: model turns per episode before it is failed "
+                                                       "(each turn is either tool calls or the final answer).")
+
+
 # `construct` (a stage name) shadows pydantic's deprecated BaseModel.construct alias; harmless.
 warnings.filterwarnings("ignore", message='Field name "construct"', category=UserWarning)
 
@@ -307,6 +327,7 @@ class JobConfig(Section):
     score: ScoreConfig = ScoreConfig()
     reference: ReferenceConfig = ReferenceConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -4,8 +4,8 @@ section, and ``--from STAGE`` forces a redo from there.
 
 Stages so far: ``probe`` (the target engine pool on tool-use prompts), ``construct``
 (reversed construction), ``sample`` (TPS + ESM scoring -> pairs), ``reference`` (reference
-log-probs of the pairs, once), ``train`` (DPO family on Ray Train + DeepSpeed). Later stages
-(evaluate) plug into :data:`STAGES` the same way. A stage whose inputs changed is redone,
+log-probs of the pairs, once), ``train`` (DPO family on Ray Train + DeepSpeed), ``evaluate``
+(BFCL + held-out + pass rate, for the base and the trained model). A stage whose inputs changed is redone,
 and so is every stage after it.
 """
 
@@ -44,7 +44,13 @@ def _sample(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     instances = job.run_dir / "construct" / "instances.parquet"
     if not instances.is_file():
         raise ValueError(f"sample reads {instances}: run the construct stage first (ttpa construct ...)")
-    return run_sample(job.sample, job.target, job.score, instances, out, seed=job.seed)
+    return run_sample(job.sample, job.target, job.score, instances, out, seed=job.seed,
+                      held_out_fraction=_held_out(job))
+
+
+def _held_out(job: JobConfig) -> float:
+    """Instances kept out of sampling (and training) for evaluation."""
+    return job.evaluate.held_out_fraction if job.evaluate.enabled else 0.0
 
 
 def _upstream_file(job: JobConfig, stage: str, name: str) -> Path:
@@ -74,14 +80,36 @@ def _train(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
                      seed=job.seed, resume=resume)
 
 
+def evaluate_models(job: JobConfig) -> dict[str, str]:
+    """What the evaluate stage compares: the starting model, and the trained one if trained."""
+    models = {"base": _start_model(job)}
+    trained = job.run_dir / "train" / "model"
+    if job.train.enabled and (trained / "config.json").is_file():
+        models["trained"] = str(trained.resolve())
+    return models
+
+
+def _evaluate(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
+    from ttpa_ray.evaluate import run_evaluate
+
+    instances = job.run_dir / "construct" / "instances.parquet"
+    results = {}
+    for label, model in evaluate_models(job).items():
+        results[label] = run_evaluate(job.evaluate, job.target, job.score, model,
+                                      instances if instances.is_file() else None, out / label, seed=job.seed)
+    return results
+
+
 # name -> (runner, config sections it reads (its fingerprint), stages whose output it reads)
 STAGES: dict[str, tuple[Callable[[JobConfig, Path, bool], dict[str, Any]], tuple[str, ...], tuple[str, ...]]] = {
     "probe": (_probe, ("probe", "target"), ()),
     "construct": (_construct, ("construct", "seed"), ()),
-    "sample": (_sample, ("sample", "target", "score", "seed"), ("construct",)),
+    "sample": (_sample, ("sample", "target", "score", "seed", "evaluate.enabled", "evaluate.held_out_fraction"),
+               ("construct",)),
     "reference": (_reference, ("reference", "target.model", "train.model", "train.dtype", "train.use_gpu",
                                "train.prefix_weight"), ("sample",)),
     "train": (_train, ("train", "target", "seed"), ("reference",)),
+    "evaluate": (_evaluate, ("evaluate", "target", "score", "seed", "train.enabled"), ("construct", "train")),
 }
 
 

@@ -212,7 +212,9 @@ def build_pairs(scored: list[dict[str, Any]], threshold: float, mode: str) -> tu
 
 
 def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, instances: Path, out: Path,
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0, held_out_fraction: float = 0.0) -> dict[str, Any]:
+    """TPS (or n-sample) over the instances' gold turns -> scored candidates -> pairs.
+    Instances in the held-out split (``evaluate.held_out_fraction``) are never sampled."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
@@ -225,13 +227,18 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
         raise ValueError("sample needs token-level access to the target (prompt_logprobs, token ids): use "
                          "target.backend vllm or transformers")
     resolve(target.model)
-    turns = turn_rows(pq.read_table(instances).to_pylist())
+    from ttpa_ray.evaluate_metrics import is_held_out
+
+    rows = pq.read_table(instances).to_pylist()
+    kept = [r for r in rows if not is_held_out(r["id"], held_out_fraction, seed)]
+    held_out = len(rows) - len(kept)
+    turns = turn_rows(kept)
     out.mkdir(parents=True, exist_ok=True)
     if not turns:
         log.warning("%s has no kept instance with a tool call: no pairs (see the construct manifest)", instances)
         pq.write_table(pa.table({"id": pa.array([], pa.int64())}), out / "pairs.parquet")
         (out / "pairs_trl.jsonl").write_text("")
-        return {"turns": 0, "candidates": 0, "pairs": 0}
+        return {"turns": 0, "candidates": 0, "pairs": 0, "held_out_instances": held_out}
     ds = ray.data.from_items(turns, override_num_blocks=max(1, len(turns) // target.pool.batch_size))
     ds = ds.map_batches(SampleBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "engine": target.model_dump(),
                                                             "seed": seed}, **pool_kwargs(target.pool))
@@ -253,7 +260,8 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
         for p in pairs:
             f.write(json.dumps(trl_record(p), ensure_ascii=False) + "\n")
     cands = [r for r in scored if not r["is_gold"] and not r["error"]]
-    return {"turns": len(turns), "candidates": len(cands), "pairs": len(pairs), **reasons,
+    return {"turns": len(turns), "candidates": len(cands), "pairs": len(pairs), "held_out_instances": held_out,
+            **reasons,
             "tokens_per_candidate": round(sum(len(r["token_ids"]) for r in cands) / max(1, len(cands)), 1)}
 
 
