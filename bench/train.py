@@ -161,11 +161,13 @@ def _rss_peak_mb() -> float:
 
 
 def _step_seconds(begin: float, ends: list[float], warmup: int) -> dict[str, Any]:
+    """``begin`` and ``ends``: wall-clock times (time.time(), comparable with the driver's load samples)."""
     times = [b - a for a, b in zip([begin] + ends[:-1], ends)]
     measured = times[warmup:]
     med = statistics.median(measured)
     return {"step_seconds_all": [round(t, 4) for t in times], "warmup_steps": warmup, "measured_steps": len(measured),
-            "seconds_per_step": med, "steps_per_s": 1.0 / med}
+            "seconds_per_step": med, "steps_per_s": 1.0 / med,
+            "measured_window": [([begin] + ends)[warmup], ends[-1]]}
 
 
 def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
@@ -187,11 +189,12 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     # Reference pass (our reference stage's forward), timed per pair: warm-up on one pair, median of 2.
     ref = ReferenceBatch(str(model_dir), "float32", prefix_weight=1.0, batch_size=B)
     ref.logps(rows[:1])
-    ref_times = []
+    ref_times, ref_start = [], time.time()
     for _ in range(2):
         t0 = time.perf_counter()
         logps = [lp for s in range(0, len(rows), B) for lp in ref.logps(rows[s:s + B])]
         ref_times.append(time.perf_counter() - t0)
+    ref_window = [ref_start, time.time()]
     del ref
     for r, (c, rj) in zip(rows, logps):
         r["ref_chosen_logps"], r["ref_rejected_logps"], r["weight"] = c, rj, 1.0
@@ -209,13 +212,13 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
     policy = Policy.create(model_dir, cfg, world=1, total_steps=steps, use_gpu=False)
     ends: list[float] = []
-    t_begin = time.perf_counter()
+    t_begin = time.time()
     state = run_steps(policy, table, cfg, seed=0, rank=0, world=1, total=steps, pad_id=pad_id,
-                      state={"step": 0, "history": []}, on_step=lambda st: ends.append(time.perf_counter()))
+                      state={"step": 0, "history": []}, on_step=lambda st: ends.append(time.time()))
     dist.destroy_process_group()
     hist = state["history"]
     return {**_step_seconds(t_begin, ends, warmup),
-            "reference_pass_seconds_per_pair": statistics.median(ref_times) / len(rows),
+            "reference_pass_seconds_per_pair": statistics.median(ref_times) / len(rows), "reference_window": ref_window,
             "ref_logps": [[c, r] for c, r in logps],
             "step1_logps_chosen_mean": statistics.fmean(c for c, _ in logps),  # policy = reference at step 1
             "step1_logps_rejected_mean": statistics.fmean(r for _, r in logps),
@@ -240,14 +243,16 @@ def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
         ``prompt_ids``/``chosen_ids``/``rejected_ids`` (the collator's input); ours has them."""
 
         precompute_seconds = 0.0
+        precompute_window: list[float] | None = None
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001, ANN202
             return dataset
 
         def _precompute_ref_logps(self, dataset, name, batch_size):  # noqa: ANN001, ANN202
-            t0 = time.perf_counter()
+            t0 = time.time()
             out = super()._precompute_ref_logps(dataset, name, batch_size)
-            type(self).precompute_seconds += time.perf_counter() - t0
+            type(self).precompute_seconds += time.time() - t0
+            type(self).precompute_window = [t0, time.time()]
             return out
 
     class StepTimer(TrainerCallback):
@@ -255,10 +260,10 @@ def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
             self.begin, self.ends = 0.0, []
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
-            self.begin = time.perf_counter()
+            self.begin = time.time()
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
-            self.ends.append(time.perf_counter())
+            self.ends.append(time.time())
 
     data = Dataset.from_list([{"prompt_ids": r["prompt_token_ids"], "chosen_ids": r["chosen_token_ids"],
                                "rejected_ids": r["rejected_token_ids"]} for r in rows])
@@ -288,6 +293,7 @@ def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
     return {**_step_seconds(timer.begin, timer.ends, warmup),
             "same_token_ids": same_ids, "collated_tokens": collated_tokens, "expected_collated_tokens": want,
             "precompute_seconds_per_pair": PretokenizedDPOTrainer.precompute_seconds / len(rows) if precompute else None,
+            "reference_window": PretokenizedDPOTrainer.precompute_window,
             "ref_logps": ref_pre,
             "step1_logps_chosen_mean": logs[0]["logps/chosen"], "step1_logps_rejected_mean": logs[0]["logps/rejected"],
             "losses": [h["loss"] for h in logs], "margins": [h["rewards/margins"] for h in logs],
@@ -367,7 +373,7 @@ class OtherLoad:
         self.mine: set[int] = set()  # every pid ever seen in our tree (orphaned Ray workers stay ours)
         self.prev = self._cpu()
         self.prev_t = time.time()
-        self.samples: list[float] = []
+        self.samples: list[tuple[float, float]] = []  # (time.time(), cores)
         self._stop = False
         self._thread: Any = None
 
@@ -410,7 +416,7 @@ class OtherLoad:
         def loop() -> None:
             while not self._stop:
                 time.sleep(1.0)
-                self.samples.append(self.sample())
+                self.samples.append((time.time(), self.sample()))
 
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
@@ -418,13 +424,20 @@ class OtherLoad:
     def stop(self) -> dict[str, float]:
         self._stop = True
         self._thread.join()
-        s = self.samples or [0.0]
+        s = [c for _, c in self.samples] or [0.0]
         return {"other_processes_cpu_cores_mean": round(statistics.fmean(s), 2),
                 "other_processes_cpu_cores_max": round(max(s), 2)}
 
+    def during(self, window: list[float] | None) -> float | None:
+        """Mean cores used by others over a wall-clock window (samples cover the second before them)."""
+        if not window:
+            return None
+        s = [c for t, c in self.samples if window[0] < t <= window[1] + 1.0]
+        return round(statistics.fmean(s), 2) if s else None
+
 
 LOAD: OtherLoad | None = None
-MAX_WAIT = 120.0
+MAX_WAIT = 180.0
 
 
 def _run(kind: str, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -439,31 +452,37 @@ def _run(kind: str, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", str(spec_file)],
                           capture_output=True, text=True)
     load = LOAD.stop()
+    result_load = {"other_cpu_cores_measured_steps": None, "other_cpu_cores_reference_pass": None}
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if not line:
         raise SystemExit(f"{kind} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads(line[-1].removeprefix("RESULT "))
+    result_load["other_cpu_cores_measured_steps"] = LOAD.during(result.get("measured_window"))
+    result_load["other_cpu_cores_reference_pass"] = LOAD.during(result.get("reference_window"))
+    result.update(result_load)
     result["process_seconds"] = round(time.perf_counter() - t0, 1)
     result["waited_for_quiet_s"] = waited
     result.update(load)
     if proc.returncode != 0:  # results are in; note an abort at exit (seen with ZeRO-3, ENVIRONMENT.md)
         result["exit_code"] = proc.returncode
     print(f"  {kind}: {time.perf_counter() - t0:.0f} s (waited {waited:.0f} s for a quiet machine; other "
-          f"processes used {load['other_processes_cpu_cores_mean']:.2f} cores on average)", flush=True)
+          f"processes used {load['other_processes_cpu_cores_mean']:.2f} cores on average, "
+          f"{result_load['other_cpu_cores_measured_steps']} during the measured steps)", flush=True)
     return result
 
 
-def _run_measured(kind: str, spec: dict[str, Any], tmp: Path, busy: float = 0.25) -> dict[str, Any]:
-    """A timed side; run once more if other processes took more than ``busy`` cores meanwhile,
-    keeping the attempt with the quieter machine."""
-    first = _run(kind, spec, tmp)
-    if first["other_processes_cpu_cores_mean"] <= busy:
-        return first
-    print(f"  {kind}: the machine was busy, measuring again", flush=True)
-    second = _run(kind, spec, tmp)
-    best = min((first, second), key=lambda r: r["other_processes_cpu_cores_mean"])
-    best["attempts_other_cpu_cores_mean"] = [first["other_processes_cpu_cores_mean"],
-                                             second["other_processes_cpu_cores_mean"]]
+def _run_measured(kind: str, spec: dict[str, Any], tmp: Path, busy: float = 0.25, attempts: int = 3
+                  ) -> dict[str, Any]:
+    """A timed side, run again (up to ``attempts`` in all) while other processes took more than
+    ``busy`` cores during its measured steps; the attempt with the quietest steps is kept."""
+    runs = []
+    for _ in range(attempts):
+        runs.append(_run(kind, spec, tmp))
+        if (runs[-1]["other_cpu_cores_measured_steps"] or 0.0) <= busy:
+            break
+        print(f"  {kind}: the machine was busy during the measured steps, measuring again", flush=True)
+    best = min(runs, key=lambda r: r["other_cpu_cores_measured_steps"] or 0.0)
+    best["attempts_other_cpu_cores_measured_steps"] = [r["other_cpu_cores_measured_steps"] for r in runs]
     return best
 
 
@@ -494,14 +513,19 @@ def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
     sides = {k: _run_measured(k, spec, tmp) for k in ("ours", "trl", "trl_precompute")}
     base = sides["ours"]["seconds_per_step"]
     summary = {k: {"steps_per_s": v["steps_per_s"], "seconds_per_step": v["seconds_per_step"],
-                   "other_processes_cpu_cores_mean": v["other_processes_cpu_cores_mean"]} for k, v in sides.items()}
+                   "other_cpu_cores_measured_steps": v["other_cpu_cores_measured_steps"]} for k, v in sides.items()}
     speedup = {f"ours_over_{k}": v["seconds_per_step"] / base for k, v in sides.items() if k != "ours"}
     goal = GOALS[name]
     return {"model": c["model"], "batch_pairs": c["batch"], "tokens_per_step": pair_tokens(rows),
             "shapes": shape_summary(rows), "summary": summary, "speedup": speedup, "goal_speedup": goal,
             "goal_met": {k: v >= goal for k, v in speedup.items()},
-            "reference_seconds_per_pair": {"ours_reference_pass": sides["ours"]["reference_pass_seconds_per_pair"],
-                                           "trl_precompute_pass": sides["trl_precompute"]["precompute_seconds_per_pair"]},
+            "reference_seconds_per_pair": {
+                "ours_reference_pass": sides["ours"]["reference_pass_seconds_per_pair"],
+                "trl_precompute_pass": sides["trl_precompute"]["precompute_seconds_per_pair"],
+                "other_cpu_cores": {"ours": sides["ours"]["other_cpu_cores_reference_pass"],
+                                    "trl_precompute": sides["trl_precompute"]["other_cpu_cores_reference_pass"]},
+                "note": "ours: ReferenceBatch.logps in batches of the train batch size, median of 2 passes after a "
+                        "warm-up; TRL: its one precompute pass (batch = precompute_ref_batch_size = train batch)"},
             "correctness": _compare(sides["ours"], sides["trl"], sides["trl_precompute"]),
             "sides": {k: {kk: vv for kk, vv in v.items() if kk != "ref_logps"} for k, v in sides.items()},
             "ref_logps": {"ours": sides["ours"]["ref_logps"], "trl_precompute": sides["trl_precompute"]["ref_logps"]}}
@@ -562,7 +586,7 @@ def _table(report: dict[str, Any]) -> str:
             sp = case["speedup"].get(f"ours_over_{side}")
             goal = "" if sp is None else f">= {case['goal_speedup']}x: {'met' if sp >= case['goal_speedup'] else 'NOT met'}"
             lines.append(f"{name:<7} {side:<16} {v['seconds_per_step']:>8.3f} {v['steps_per_s']:>8.2f} "
-                         f"{'' if sp is None else f'{sp:.2f}x':>8} {v['other_processes_cpu_cores_mean']:>7.2f}  {goal}")
+                         f"{'' if sp is None else f'{sp:.2f}x':>8} {v['other_cpu_cores_measured_steps'] or 0.0:>7.2f}  {goal}")
         cor = case["correctness"]
         lines.append(f"{'':<7} step-1 logps |ours-trl|: chosen {cor['step1_logps_chosen']['abs_diff']:.2e}, "
                      f"rejected {cor['step1_logps_rejected']['abs_diff']:.2e}; per-pair ref "
@@ -575,7 +599,7 @@ def _table(report: dict[str, Any]) -> str:
                      f"{mem['rss_mb_per_rank_last_step']['zero3']:.0f} (idle worker {mem['idle_worker_rss_mb']:.0f}): "
                      f"ratio {r['rss_last_step']:.2f} (minus idle {r['rss_last_step_minus_idle']:.2f}), goal <= "
                      f"{mem['goal_ratio']}")
-    lines.append("others: CPU cores used by other processes on this shared machine during the measurement (mean)")
+    lines.append("others: CPU cores used by other processes on this shared machine during the measured steps (mean)")
     return "\n".join(lines)
 
 

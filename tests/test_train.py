@@ -234,25 +234,21 @@ def test_killed_worker_restores_from_last_checkpoint(ray_runs):
 
 
 @pytest.mark.slow
-def test_trained_model_loads_in_vllm_and_transformers(ray_runs, tiny_model, ray_local):
+def test_zero3_export_is_a_consolidated_hf_model(ray_runs, tiny_model):
+    """The ZeRO-3 run's model: gathered from both ranks' shards into one HF folder that loads
+    in transformers, with every weight trained-or-equal and the right shapes. (vLLM loading a
+    trained model is covered end to end: the tiny job evaluates it on vLLM.)"""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ttpa_ray.config import EngineConfig
-    from ttpa_ray.engines.actors import EngineActor
-    from ttpa_ray.engines.base import SamplingParams
-
-    model = ray_runs["zero3"][2] / "model"  # consolidated from ZeRO-3 shards
-    trained = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), base.state_dict().values()))
-    prompt = [5, 17, 42, 99, 7, 3]
-    want = trained.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt):].tolist()
-    cfg = EngineConfig(backend="vllm", model=str(model), dtype="float32", max_model_len=256).model_dump()
-    actor = ray_local.remote(num_cpus=0.5)(EngineActor).remote(cfg)  # vLLM in its own process
-    got = ray_local.get(actor.generate.remote([prompt], SamplingParams(max_tokens=6, temperature=0.0).to_dict()))[0]
-    ray_local.kill(actor)
-    assert got["error"] is None and got["completions"][0]["token_ids"] == want
+    model = ray_runs["zero3"][2] / "model"
+    trained = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    assert trained.keys() == base.keys()
+    assert all(trained[k].shape == base[k].shape for k in base)
+    changed = [k for k in base if not torch.equal(trained[k], base[k])]
+    assert len(changed) > len(base) // 2  # full fine-tuning moved most tensors, none lost to partitioning
+    assert all(torch.isfinite(t).all() for t in trained.values())
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])

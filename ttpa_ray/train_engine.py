@@ -56,7 +56,10 @@ class Policy:
     @classmethod
     def create(cls, model_dir: Path, cfg: TrainConfig, world: int, total_steps: int, use_gpu: bool) -> Policy:
         dtype = resolve_dtype(cfg, use_gpu)
-        ds_config = deepspeed_config(cfg, world, bf16=dtype == torch.bfloat16)
+        from transformers import AutoConfig
+
+        hidden = getattr(AutoConfig.from_pretrained(model_dir), "hidden_size", None)
+        ds_config = deepspeed_config(cfg, world, bf16=dtype == torch.bfloat16, hidden_size=hidden)
         hf_ds = None
         if cfg.zero_stage == 3:
             # Loaded straight into ZeRO-3 partitions: no rank ever holds the whole model.

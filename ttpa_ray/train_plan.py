@@ -73,10 +73,19 @@ def lr_factor(step: int, kind: str, warmup: int, total: int) -> float:
     raise ValueError(f"lr_scheduler {kind!r}: use constant, linear or cosine")
 
 
-def deepspeed_config(cfg: Any, world: int, bf16: bool) -> dict[str, Any]:
+def deepspeed_config(cfg: Any, world: int, bf16: bool, hidden_size: int | None = None) -> dict[str, Any]:
     """DeepSpeed config for a ``TrainConfig``. The optimizer and scheduler are torch objects
-    passed to ``deepspeed.initialize`` (no JIT-compiled DeepSpeed optimizer needed)."""
+    passed to ``deepspeed.initialize`` (no JIT-compiled DeepSpeed optimizer needed).
+
+    Communication buckets scale with the model (``hidden_size``², as HF's "auto" values do):
+    DeepSpeed's defaults (5e8 elements = 2 GB in fp32 per bucket) dwarf a small model and
+    would cost more memory per rank than ZeRO saves."""
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
+    if hidden_size and cfg.zero_stage >= 1:
+        h2 = hidden_size * hidden_size
+        zero |= {"reduce_bucket_size": h2, "allgather_bucket_size": h2}
+        if cfg.zero_stage == 3:
+            zero |= {"stage3_prefetch_bucket_size": int(0.9 * h2), "stage3_param_persistence_threshold": 10 * hidden_size}
     if cfg.zero_stage >= 1 and cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     if cfg.zero_stage == 3:
