@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import socket
 import statistics
 import subprocess
@@ -46,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ttpa_ray.synthetic import synthetic_pairs
 
 BETA = 0.1
 LR = 5e-5  # large enough that the per-step losses of both trainers move (and can be compared)
@@ -62,19 +63,7 @@ GOALS = {"short": 1.0, "long": 1.8, "memory": 0.6}
 def short_pairs(n: int, vocab: int, seed: int = 0) -> list[dict[str, Any]]:
     """Random token pairs: prompt 30-60 tokens, shared completion prefix 0-6 tokens, then
     chosen and rejected differ at ``divergence_index`` (6-20 more tokens each)."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        d = rng.randint(0, 6)
-        shared = [rng.randrange(3, vocab) for _ in range(d)]
-        chosen = shared + [rng.randrange(3, vocab) for _ in range(rng.randint(6, 20))]
-        rejected = shared + [rng.randrange(3, vocab) for _ in range(rng.randint(6, 20))]
-        while rejected[d] == chosen[d]:
-            rejected[d] = rng.randrange(3, vocab)
-        rows.append({"id": i, "prompt_token_ids": [rng.randrange(3, vocab) for _ in range(rng.randint(30, 60))],
-                     "chosen_token_ids": chosen, "rejected_token_ids": rejected, "divergence_index": d,
-                     "chosen_score": 1.0, "rejected_score": 0.5})
-    return rows
+    return synthetic_pairs(n, vocab, seed, prompt=(30, 60), shared=(0, 6), tail=(6, 20), rejected_score=0.5)
 
 
 def _perturb(value: Any) -> Any:

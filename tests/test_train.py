@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import socket
 from pathlib import Path
 
@@ -15,25 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ttpa_ray import train_plan as plan
-from ttpa_ray.config import ConfigError, ReferenceConfig, TrainConfig, validate_job
-
-
-def synthetic_pairs(n: int, vocab: int, seed: int = 0) -> list[dict]:
-    """Pairs shaped like the sample stage's: random prompt, a shared completion prefix of
-    0-4 tokens, then chosen and rejected differ at ``divergence_index``."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        d = rng.randint(0, 4)
-        shared = [rng.randrange(3, vocab) for _ in range(d)]
-        chosen = shared + [rng.randrange(3, vocab) for _ in range(rng.randint(4, 12))]
-        rejected = shared + [rng.randrange(3, vocab) for _ in range(rng.randint(4, 12))]
-        while rejected[d] == chosen[d]:
-            rejected[d] = rng.randrange(3, vocab)
-        rows.append({"id": i, "prompt_token_ids": [rng.randrange(3, vocab) for _ in range(rng.randint(16, 40))],
-                     "chosen_token_ids": chosen, "rejected_token_ids": rejected, "divergence_index": d,
-                     "chosen_score": 1.0, "rejected_score": round(rng.random() * 0.5, 3)})
-    return rows
+from ttpa_ray.config import ConfigError, TrainConfig, validate_job
+from ttpa_ray.synthetic import synthetic_pairs
 
 
 # --------------------------------------------------------------------------- plan (pure)
