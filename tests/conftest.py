@@ -39,3 +39,29 @@ def ray_local():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_two_nodes():
+    """A two-node Ray cluster on this machine (ray.cluster_utils.Cluster), 1 CPU per node, so
+    work asking for a CPU or spread placement lands on both nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from ttpa_ray.runtime import init_ray
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    init_ray(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def actor_nodes(class_name_part: str) -> dict[str, dict]:
+    """Actors (alive or dead) whose class name contains the text: actor id -> {node, restarts, state}."""
+    import ray
+
+    return {aid: {"node": a["Address"]["NodeID"], "restarts": a["NumRestarts"], "state": a["State"]}
+            for aid, a in ray._private.state.actors().items() if class_name_part in (a["ActorClassName"] or "")}

@@ -49,27 +49,6 @@ def test_score_calls_cli_contract(tmp_path: Path):
     assert "scored 5 of 8 lines" in proc.stderr and "3 bad line(s)" in proc.stderr
 
 
-@pytest.mark.slow
-def test_ray_data_scoring_pool_keeps_every_row(ray_local):
-    from ttpa_ray.score_stage import score_dataset
-
-    rows = []
-    for i in range(300):
-        city = "Paris" if i % 3 else "Rome"
-        rows.append({"id": i, "tools_json": json.dumps(TOOLS), "gold_json": json.dumps(GOLD),
-                     "prediction": f'<tool_call>{{"name": "get_weather", "arguments": {{"city": "{city}"}}}}</tool_call>',
-                     "possible_answer_json": None})
-    rows.append({"id": 300, "tools_json": "[not json", "gold_json": "[]", "prediction": "", "possible_answer_json": None})
-    ds = ray_local.data.from_items(rows)
-    cfg = ScoreConfig(pool={"min_actors": 1, "max_actors": 2, "num_cpus": 0.5, "batch_size": 64})
-    out = score_dataset(ds, cfg).take_all()
-    assert sorted(r["id"] for r in out) == list(range(301))
-    by_id = {r["id"]: r for r in out}
-    assert all(by_id[i]["valid"] == bool(i % 3) for i in range(300)), [(by_id[i]["valid"], by_id[i]["score_error"], by_id[i]["errors"]) for i in range(4)]
-    assert all(list(by_id[i]["errors"]) == ([] if i % 3 else ["value_error"]) for i in range(300))
-    assert by_id[300]["score_error"].startswith("JSONDecodeError") and not by_id[300]["valid"]
-
-
 def test_execution_check_compares_results_in_the_sandbox():
     from ttpa_ray.score_stage import ScoreBatch
     from ttpa_ray.tools import bundled_catalog

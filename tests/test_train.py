@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import actor_nodes
 
 from ttpa_ray import train_plan as plan
 from ttpa_ray.config import ConfigError, TrainConfig, validate_job
@@ -157,26 +158,29 @@ def test_lora_trains_adapters_only_and_exports_merged(tiny_model, pairs_with_ref
 
 
 @pytest.fixture(scope="module")
-def ray_runs(tiny_model, pairs_with_ref, process_group, ray_local, tmp_path_factory, monkeypatch_module):
+def ray_runs(tiny_model, pairs_with_ref, process_group, ray_two_nodes, tmp_path_factory, monkeypatch_module):
     """Over the same 16 pairs, 2 epochs, global batch 4 (6 steps): the 1-worker curve (the
-    worker's loop in this process), and two Ray Train runs with 2 workers: ZeRO-3, and ZeRO-2
-    whose last rank is SIGKILLed after step 3 (checkpoints every 2 steps, max_failures 1)."""
+    worker's loop in this process), and two Ray Train runs with 2 workers spread over a
+    two-node cluster: ZeRO-3, and ZeRO-2 whose last rank is SIGKILLed after step 3
+    (checkpoints every 2 steps, max_failures 1)."""
     from ttpa_ray.train import FAULT_ENV, run_train
 
     base = dict(learning_rate=1e-3, epochs=2, max_steps=6, checkpoint_every=2, cpus_per_worker=0.5,
                 lr_scheduler="constant", warmup_ratio=0.0)
     one, _, _ = _run_local(tiny_model, pairs_with_ref, 6, **base | dict(micro_batch_size=4, zero_stage=0))
-    runs = {"one": ({"steps": len(one), "restores": []}, one, None)}
+    runs = {"one": ({"steps": len(one), "restores": []}, one, None, {})}
     for name, kw in (("zero3", dict(num_workers=2, micro_batch_size=2, zero_stage=3)),
                      ("killed", dict(num_workers=2, micro_batch_size=1, gradient_accumulation_steps=2,
                                      zero_stage=2, max_failures=1))):
         out = tmp_path_factory.mktemp(name)
         if name == "killed":
             monkeypatch_module.setenv(FAULT_ENV, "3")
-        counts = run_train(TrainConfig(**base, **kw), str(tiny_model), pairs_with_ref, out)
+        before = set(actor_nodes("RayTrainWorker"))
+        counts = run_train(TrainConfig(**base, **kw, placement_strategy="SPREAD"), str(tiny_model), pairs_with_ref, out)
         monkeypatch_module.delenv(FAULT_ENV, raising=False)
         history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        runs[name] = (counts, history, out)
+        workers = {k: v for k, v in actor_nodes("RayTrainWorker").items() if k not in before}
+        runs[name] = (counts, history, out, workers)
     return runs
 
 
@@ -190,7 +194,7 @@ def monkeypatch_module():
 @pytest.mark.slow
 def test_two_workers_zero2_zero3_match_one_worker_and_learn(ray_runs):
     """Data order and global batches do not depend on the number of workers, so the curves match."""
-    counts, one, _ = ray_runs["one"]
+    counts, one, _, _ = ray_runs["one"]
     assert counts["steps"] == 6 and [r["step"] for r in one] == list(range(1, 7)) and counts["restores"] == []
     assert one[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert all(r["pairs"] == 4 for r in one)
@@ -198,8 +202,12 @@ def test_two_workers_zero2_zero3_match_one_worker_and_learn(ray_runs):
     epoch2 = [r for r in one if r["epoch"] == 1]
     assert sum(r["loss"] for r in epoch2) / len(epoch2) < math.log(2) - 0.01
     assert sum(r["rewards/margins"] for r in epoch2) > 0
+    import ray
+
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     for name in ("zero3", "killed"):
-        other = ray_runs[name][1]
+        other, workers = ray_runs[name][1], ray_runs[name][3]
+        assert len(nodes) == 2 and {w["node"] for w in workers.values()} == nodes, workers  # spread
         assert other[0]["grad_norm"] == pytest.approx(one[0]["grad_norm"], rel=1e-4)
         assert [r["step"] for r in other] == list(range(1, 7)), name
         for a, b in zip(one, other):
@@ -209,8 +217,9 @@ def test_two_workers_zero2_zero3_match_one_worker_and_learn(ray_runs):
 
 @pytest.mark.slow
 def test_killed_worker_restores_from_last_checkpoint(ray_runs):
-    counts, history, out = ray_runs["killed"]
+    counts, history, out, workers = ray_runs["killed"]
     assert counts["restores"] == [2]  # killed after step 3; the step-2 checkpoint was restored
+    assert len(workers) == 4 and {w["state"] for w in workers.values()} == {"DEAD"}  # 2 ranks, twice
     assert counts["steps"] == 6 and len(history) == 6  # no duplicated or missing step
     assert (out / "model" / "config.json").is_file()
 

@@ -5,17 +5,32 @@ pipeline stage receives only its own section (``job.construct``, ``job.score`` .
 whole job. ``key.sub=value`` overrides from the command line are applied before validation,
 and validation reports every problem at once, each with its dotted path and how to fix it.
 
+Security checks: secrets never go in a job (``api_key_env`` names a variable; a key-looking
+value, an ``api_key``-like key or credentials in ``api_base`` are refused without repeating the
+value), and every local path (output dir, model folders, catalogs, checkpoint storage) must
+resolve, after ``..`` and symlinks, inside an allowed root (:func:`path_problems`).
+
     job = load_job("jobs/demo-cpu.yaml", ["target.backend=transformers"])
 """
 
 from __future__ import annotations
 
+import re
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+# Errors of this type are reported without the offending value (it may be a secret).
+_SECRET_ERROR = "secret_in_config"
+_ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+_SECRET_KEY_RE = re.compile(r"(^|_)(api_?key|key|token|secret|password|credentials?|authorization)$", re.I)
 
 
 class ConfigError(ValueError):
@@ -91,22 +106,44 @@ class EngineConfig(Section):
     max_concurrency: int = Field(8, ge=1, description="backend=openai: parallel HTTP requests per actor.")
     pool: PoolConfig = PoolConfig()
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # str(ValidationError) never quotes a pasted key
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME_RE.match(v):
+            raise PydanticCustomError(_SECRET_ERROR, "api_key_env must be the NAME of an environment variable "
+                                      "(A-Z, 0-9, _; e.g. OPENAI_API_KEY), never the key itself: export the key "
+                                      "and put the variable's name here (the value is not shown)")
+        return v
+
+    @field_validator("api_base")
+    @classmethod
+    def _plain_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        url = urlsplit(v)
+        if url.username is not None or url.password is not None or url.query or url.fragment:
+            raise PydanticCustomError(_SECRET_ERROR, "api_base must be a plain URL without credentials or a "
+                                      "query string (scheme://host:port/path); put the key in the environment "
+                                      "variable named by api_key_env (the value is not shown)")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("api_base must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+        return v
+
     @model_validator(mode="after")
     def _backend_fields(self) -> EngineConfig:
         if self.backend == "openai" and not self.api_base:
             raise ValueError("backend=openai needs api_base, e.g. api_base: http://127.0.0.1:8000/v1")
         if self.backend != "openai" and self.api_base:
             raise ValueError(f"api_base is only used by backend=openai; got backend={self.backend}")
-        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
-            raise ValueError(
-                "api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself"
-            )
         return self
 
 
 class RayConfig(Section):
     address: str | None = Field(
-        None, description="None starts a local Ray; 'auto' joins the cluster this runs on (ray job submit)."
+        None, description="None starts a local Ray, or joins the cluster when RAY_ADDRESS is set (as under "
+        "`ray job submit`); 'auto' or 'ray://host:10001' joins that cluster."
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (local mode only).")
     include_dashboard: bool = False
@@ -266,6 +303,10 @@ class TrainConfig(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel ranks).")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0, description="With use_gpu: GPUs of each worker.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How Ray places the workers' bundles: PACK fills a node first (fast "
+        "intra-node collectives), SPREAD puts them on different nodes where it can.")
     threads: int | None = Field(None, ge=1, description="OMP_NUM_THREADS of each worker (CPU runs).")
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = Field(False, description="ZeRO-2/3: optimizer states in CPU memory.")
@@ -318,6 +359,10 @@ class JobConfig(Section):
 
     name: str = Field(..., min_length=1, description="Job name; also the run folder name.")
     output_dir: str = Field("runs", description="Runs are written to <output_dir>/<name>/.")
+    allowed_paths: list[str] = Field(
+        [], description="Extra folders the job's local paths (output_dir, model folders, catalogs, "
+        "train.storage_path) may point into. Always allowed: the working directory, the TTPA cache dir "
+        "(TTPA_CACHE_DIR) and the system temp dir.")
     seed: int = 0
     ray: RayConfig = RayConfig()
     target: EngineConfig = Field(EngineConfig(), description="The model being aligned: probed, sampled (TPS), evaluated.")
@@ -328,6 +373,14 @@ class JobConfig(Section):
     reference: ReferenceConfig = ReferenceConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("name is also the run folder name: use letters, digits, '.', '_' and '-' "
+                             "(no '/', no leading '.'), e.g. name: demo-cpu")
+        return v
 
     @property
     def run_dir(self) -> Path:
@@ -367,13 +420,19 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     path = ".".join(str(p) for p in err["loc"]) or "<root>"
     kind = err["type"]
+    if kind == _SECRET_ERROR:
+        return f"{path}: {err['msg']}"
     if kind == "extra_forbidden":
         section: Any = model
         for part in err["loc"][:-1]:
             field = section.model_fields.get(str(part)) if isinstance(section, type) else None
             section = field.annotation if field is not None else None
         allowed = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
-        return f"{path}: unknown key; allowed here: {', '.join(allowed)}"
+        hint = ""
+        if _SECRET_KEY_RE.search(str(err["loc"][-1])):
+            hint = ("; secrets never go in a job file: export the key as an environment variable and set "
+                    "api_key_env to its name")
+        return f"{path}: unknown key{hint}; allowed here: {', '.join(allowed)}"
     if kind == "missing":
         return f"{path}: required; add `{err['loc'][-1]}: ...` to the job file"
     msg = err["msg"].removeprefix("Value error, ")
@@ -381,10 +440,65 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
 
 
 def validate_job(tree: dict[str, Any], source: str = "<job>") -> JobConfig:
+    """Validate a job tree: fields first, then (on a valid job) the path policy of :func:`path_problems`."""
     try:
-        return JobConfig.model_validate(tree)
+        job = JobConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e, JobConfig) for e in exc.errors()]) from None
+    if problems := path_problems(job):
+        raise ConfigError(source, problems)
+    return job
+
+
+# --------------------------------------------------------------------------- path policy
+
+
+def allowed_roots(job: JobConfig) -> list[Path]:
+    """Folders a job's local paths must resolve into: cwd, the TTPA cache dir, the temp dir, allowed_paths."""
+    from ttpa_ray.runtime import cache_dir
+
+    roots = [Path.cwd(), cache_dir(), Path(tempfile.gettempdir()), *map(Path, job.allowed_paths)]
+    return list(dict.fromkeys(r.expanduser().resolve() for r in roots))
+
+
+def _is_model_path(name: str) -> bool:
+    """As ``models.resolve`` decides: a bundled name is not a path; an existing file or a name with '/' is."""
+    from ttpa_ray.models import BUNDLED
+
+    return name not in BUNDLED and ("/" in name or Path(name).expanduser().exists())
+
+
+def _local_paths(job: JobConfig) -> Iterator[tuple[str, str]]:
+    """(dotted field, value) of every field of the job that names a local file or folder."""
+    yield "output_dir", job.output_dir
+    for prefix, eng in (("target", job.target), ("construct.generator", job.construct.generator)):
+        if eng.backend != "openai" and _is_model_path(eng.model):  # for openai, model is the server's name
+            yield f"{prefix}.model", eng.model
+        if eng.tokenizer and _is_model_path(eng.tokenizer):
+            yield f"{prefix}.tokenizer", eng.tokenizer
+    if job.train.model and _is_model_path(job.train.model):
+        yield "train.model", job.train.model
+    for dotted, catalog in (("construct.catalog", job.construct.catalog), ("score.catalog", job.score.catalog)):
+        if catalog != "bundled":
+            yield dotted, catalog
+    storage = job.train.storage_path
+    if storage is not None and (storage.startswith("file://") or "://" not in storage):  # s3://, gs://: remote
+        yield "train.storage_path", storage.removeprefix("file://")
+
+
+def path_problems(job: JobConfig) -> list[str]:
+    """One problem per local path of the job that resolves outside every allowed root."""
+    roots = allowed_roots(job)
+    problems = []
+    for dotted, value in _local_paths(job):
+        real = Path(value).expanduser().resolve()
+        if not any(real.is_relative_to(root) for root in roots):
+            folder = real.parent if real.is_file() else real
+            problems.append(
+                f"{dotted}: {value!r} resolves to {real}, outside the allowed paths "
+                f"({', '.join(map(str, roots))}); move it under one of them or add its folder to the job, "
+                f"e.g. allowed_paths: [{folder}]")
+    return problems
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:

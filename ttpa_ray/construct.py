@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ttpa_ray import construct_steps as steps
+from ttpa_ray import faults
 from ttpa_ray.config import ConstructConfig
 from ttpa_ray.engines.base import SamplingParams
 from ttpa_ray.toolcall import ToolSchema
@@ -42,12 +43,13 @@ def load_tools_for(cfg: ConstructConfig) -> list[Any]:
 class ConstructBatch:
     """Ray Data callable class: plan rows in, instance rows out (same count, same order)."""
 
-    def __init__(self, cfg: dict[str, Any], seed: int):
+    def __init__(self, cfg: dict[str, Any], seed: int, fault_marker: str | None = None):
         from ttpa_ray.engines import build_engine
         from ttpa_ray.tools.sandbox import Sandbox, SandboxConfig
 
         self.cfg = ConstructConfig.model_validate(cfg)
         self.seed = seed
+        self.fault_marker = fault_marker
         self.tools = {t.name: t for t in load_tools_for(self.cfg)}
         self.engine = build_engine(self.cfg.generator)
         self.sandbox = Sandbox(SandboxConfig(timeout_s=self.cfg.sandbox.timeout_s,
@@ -78,6 +80,7 @@ class ConstructBatch:
                            "status": None, "reason": "", "turns": [], "simulated": set()})
         try:
             self._scenarios(states)
+            faults.kill_once(self.fault_marker, "construct batch, after the scenario step")
             for t in range(max(len(s["calls"]) for s in states)):
                 self._turn(states, t)
         except Exception as exc:  # noqa: BLE001 - an engine failure marks the batch's rows, the stage goes on
@@ -236,7 +239,10 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
         resolve(cfg.generator.model)  # prepare once on the driver, not in every actor
     rows = plans(cfg, seed)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // cfg.generator.pool.batch_size))
-    ds = ds.map_batches(ConstructBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "seed": seed},
+    # A dead generator actor is restarted by Ray Data and its batch retried (max_restarts and
+    # max_task_retries are unlimited for actor pools): rows in = rows out + counted errors.
+    ds = ds.map_batches(ConstructBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "seed": seed,
+                                                               "fault_marker": faults.marker(faults.KILL_ENGINE_ACTOR)},
                         **pool_kwargs(cfg.generator.pool))
     done = sorted(ds.take_all(), key=lambda r: r["id"])
     seen: set[str] = set()

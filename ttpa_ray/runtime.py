@@ -40,16 +40,21 @@ def worker_env() -> dict[str, str]:
         "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"),
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    if not _has_cuda():
-        env["DS_ACCELERATOR"] = "cpu"
     # Values the user set explicitly win.
     return {k: os.environ.get(k, v) for k, v in env.items()}
 
 
 def setup_env() -> dict[str, str]:
-    """Export :func:`worker_env` into this process (idempotent) and return it."""
+    """Export :func:`worker_env` into this process (idempotent) and return it.
+
+    DeepSpeed's accelerator is decided here, per process, by what this machine has; it is not
+    sent to workers (a CPU head would force the CPU accelerator on GPU nodes). Training
+    workers set it from ``train.use_gpu``.
+    """
     env = worker_env()
     os.environ.update(env)
+    if not _has_cuda():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     Path(env["VLLM_RPC_BASE_PATH"]).mkdir(parents=True, exist_ok=True)
     return env
 
@@ -60,14 +65,20 @@ def _has_cuda() -> bool:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = False) -> None:
-    """Start (or join) Ray with the job environment in every worker."""
+    """Start (or join) Ray with the job environment in every worker.
+
+    With no address, a job launched by ``ray job submit`` (RAY_ADDRESS set by Ray) joins
+    its cluster; anywhere else a local Ray is started with ``num_cpus``.
+    """
     import ray
 
     env = setup_env()
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
+        # "local": a Ray of our own, even when another cluster runs on this machine.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)

@@ -138,6 +138,7 @@ def _report(policy: Any, state: dict[str, Any], rank: int, final: bool) -> None:
 
 
 def train_loop(config: dict[str, Any]) -> None:
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if config["use_gpu"] else "cpu")  # before deepspeed loads
     from transformers import AutoTokenizer
 
     from ttpa_ray.train_engine import Policy
@@ -281,6 +282,11 @@ def _prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, i
     return table.select(COLUMNS), {"pairs": table.num_rows, "pairs_with_ref_error": len(errors) - table.num_rows}
 
 
+def _worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """Ray resources of one training worker (a data-parallel rank)."""
+    return {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})
+
+
 def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 0, resume: bool = False
               ) -> dict[str, Any]:
     """Train; returns counts for the manifest. ``resume``: continue the run an interrupted
@@ -303,7 +309,8 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
                            "use_gpu": cfg.use_gpu, "threads": cfg.threads, "log_dir": str(log_dir.resolve()),
                            "fault_step": int(os.environ.get(FAULT_ENV, "0") or 0)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                     resources_per_worker=_worker_resources(cfg),
+                                     placement_strategy=cfg.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),

@@ -4,11 +4,13 @@ Raw prompts go to ``/v1/completions`` (token ids are sent as a list of ints), co
 to ``/v1/chat/completions``. vLLM's extensions are sent when asked for: ``prompt_logprobs``,
 ``top_k``, ``structured_outputs`` (JSON schema) and ``return_tokens_as_token_ids`` (so token
 ids come back exactly). The API key is read from the environment variable the config
-names; it is never logged or written anywhere.
+names; it is never logged or written anywhere: server replies (some servers echo the key they
+were sent) and error texts are redacted before they leave the engine.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -29,18 +31,30 @@ class OpenAIEngine:
         self.model = model
         self.timeout_s = timeout_s
         self.max_concurrency = max_concurrency
+        self.api_key_env = api_key_env
         self.session = requests.Session()
+        self._api_key: str | None = None
         if api_key_env:
-            key = os.environ.get(api_key_env)
+            key = (os.environ.get(api_key_env) or "").strip()
             if not key:
                 raise RuntimeError(f"engine.api_key_env names {api_key_env}, but that environment variable is "
                                    "not set; export it (for ray job submit: --runtime-env-json with env_vars)")
+            if not key.isprintable() or any(c.isspace() for c in key):  # requests would quote it in its error
+                raise RuntimeError(f"the value of {api_key_env} has spaces or control characters inside; export "
+                                   "the key alone (its value is not shown here)")
+            self._api_key = key
             self.session.headers["Authorization"] = f"Bearer {key}"
         self.tokenizer = None
         if tokenizer_path:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+
+    def __repr__(self) -> str:
+        return f"OpenAIEngine(api_base={self.api_base!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "<redacted>") if self._api_key else text
 
     def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                             add_generation_prompt: bool = True) -> str:
@@ -52,9 +66,10 @@ class OpenAIEngine:
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         resp = self.session.post(f"{self.api_base}{path}", json=body, timeout=self.timeout_s)
+        text = self._redact(resp.text)  # a server may echo the key, in an error or even in a completion
         if resp.status_code != 200:
-            raise RuntimeError(f"{path} returned HTTP {resp.status_code}: {resp.text[:500]}")
-        return resp.json()
+            raise RuntimeError(f"{path} returned HTTP {resp.status_code}: {text[:500]}")
+        return json.loads(text)
 
     def _body(self, params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": params.max_tokens, "n": params.n,
@@ -84,7 +99,7 @@ class OpenAIEngine:
                 return self._from_completions(self._post("/completions", body), prompt, params)
             except Exception as exc:  # noqa: BLE001 - one failed request is an error row, not a crash
                 return Generation(prompt_token_ids=list(prompt) if isinstance(prompt, list) else [],
-                                  error=f"{type(exc).__name__}: {exc}")
+                                  error=self._redact(f"{type(exc).__name__}: {exc}"))
 
         with ThreadPoolExecutor(self.max_concurrency) as pool:
             return list(pool.map(one, zip(prompts, plist)))
@@ -101,7 +116,7 @@ class OpenAIEngine:
             try:
                 data = self._post("/chat/completions", body)
             except Exception as exc:  # noqa: BLE001
-                return Generation(prompt_token_ids=[], error=f"{type(exc).__name__}: {exc}")
+                return Generation(prompt_token_ids=[], error=self._redact(f"{type(exc).__name__}: {exc}"))
             gen = Generation(prompt_token_ids=[])
             for choice in data["choices"]:
                 msg = choice["message"]

@@ -14,13 +14,21 @@ the caller over a pipe in JSON only (a hostile worker cannot make the caller unp
 * Files/network/processes: cwd, TMPDIR and ``tempfile.tempdir`` are a private directory (deleted
   by the caller), and a ``sys.addaudithook`` hook raises PermissionError (-> ``"refused"``, naming
   the event) for ``socket.*`` events unless ``allow_network`` (creating AF_UNIX sockets, as
-  asyncio does, is allowed); ``open`` for writing (mode with w/a/x/+, or flags with
-  O_WRONLY/O_RDWR/O_CREAT/O_APPEND/O_TRUNC) outside the private directory (symlinks resolved,
-  /dev/null allowed); os.remove/rename/rmdir/mkdir/chmod/chown/link/symlink/truncate/utime,
-  shutil.rmtree and sqlite3.connect outside it; subprocess.Popen, os.system, os.exec*, os.spawn*,
-  os.posix_spawn, os.fork/forkpty, os.kill/killpg and resource.setrlimit/prlimit. Reads work. A
-  call is "refused" if the exception ending it is or was caused by a refusal; a tool that catches
-  the error and carries on gets its result (nothing escaped).
+  asyncio does, is allowed; connecting or binding them is not); ``open`` for writing (mode with
+  w/a/x/+, or flags with O_WRONLY/O_RDWR/O_CREAT/O_APPEND/O_TRUNC) outside the private directory
+  (symlinks resolved, /dev/null allowed); os.remove/rename/rmdir/mkdir/chmod/chown/link/symlink/
+  truncate/utime/mkfifo/mknod, shutil.rmtree and sqlite3.connect outside it (both ends of a
+  rename or hard link, each against its own dir_fd: a hard link to an outside file would let a
+  write "inside" change it); subprocess.Popen, os.system, os.exec*, os.spawn*, os.posix_spawn,
+  os.fork/forkpty, _posixsubprocess.fork_exec (multiprocessing's spawn), os.kill/killpg,
+  signal.pidfd_send_signal and resource.setrlimit/prlimit (mkfifo, mknod, fork_exec and
+  pidfd_send_signal raise no audit event: the worker wraps them to raise one). Reads work, except
+  opening a directory outside the private one (its fd would let ``dir_fd=`` calls write outside)
+  and ``/proc/<pid>/environ`` or ``/proc/<pid>/mem`` of any process (the caller's secrets). A call
+  is "refused" if the exception ending it is or was caused by a refusal; a tool that catches the
+  error and carries on gets its result (nothing escaped).
+* Environment: the worker keeps only ``_ENV_KEEP`` (PATH, HOME, locale, TZ) plus TMPDIR, in
+  ``os.environ`` and ``posix.environ`` alike, so API keys of the caller are not visible to tools.
 
 Error types: ``exception`` ("Type: message"; ``detail`` = last tool frame), ``timeout``,
 ``memory``, ``refused``, ``bad_output`` (not strict JSON, e.g. a set, an object or NaN, or over
@@ -31,8 +39,9 @@ inspect.signature before calling, so a TypeError raised inside the tool stays ``
 
 Security model: audit hooks + rlimits + process isolation contain buggy and casually hostile
 *Python* tools. This is not a kernel-level sandbox (no seccomp, namespaces or chroot; workers run
-as the caller's user): ctypes/native code, dir_fd tricks and other deliberate audit-hook bypasses
-remain possible. Untrusted native code or malicious tools need container/VM isolation.
+as the caller's user and can read whatever that user can): ctypes/native code (e.g. libc's fork()
+or write()) and other deliberate audit-hook bypasses remain possible. Untrusted native code or
+malicious tools need container/VM isolation.
 """
 
 from __future__ import annotations
@@ -60,14 +69,24 @@ __all__ = ["Sandbox", "SandboxConfig", "SandboxError", "ToolResult"]
 
 _IMPL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _PROC_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork",
-                          "os.forkpty", "os.kill", "os.killpg", "resource.setrlimit", "resource.prlimit"})
-# event -> (indices of path arguments, index of the dir_fd argument, acts on the name itself (no symlink follow))
-_PATH_EVENTS: dict[str, tuple[tuple[int, ...], int | None, bool]] = {
-    "os.remove": ((0,), 1, True), "os.rmdir": ((0,), 1, True), "os.mkdir": ((0,), 2, True),
-    "os.rename": ((0, 1), 2, True), "os.link": ((1,), 3, True), "os.symlink": ((1,), 2, True),
-    "shutil.rmtree": ((0,), 1, True), "os.chmod": ((0,), 2, False), "os.chown": ((0,), 3, False),
-    "os.utime": ((0,), 3, False), "os.truncate": ((0,), None, False), "os.setxattr": ((0,), None, False),
-    "os.removexattr": ((0,), None, False)}
+                          "os.forkpty", "os.kill", "os.killpg", "resource.setrlimit", "resource.prlimit",
+                          "_posixsubprocess.fork_exec", "signal.pidfd_send_signal"})
+# event -> per path argument: (its index, index of its dir_fd argument, acts on the name itself (no symlink
+# follow)). The source of a hard link is resolved: linking an outside file in would make it writable.
+_PATH_EVENTS: dict[str, tuple[tuple[int, int | None, bool], ...]] = {
+    "os.remove": ((0, 1, True),), "os.rmdir": ((0, 1, True),), "os.mkdir": ((0, 2, True),),
+    "os.rename": ((0, 2, True), (1, 3, True)), "os.link": ((0, 2, False), (1, 3, True)),
+    "os.symlink": ((1, 2, True),), "shutil.rmtree": ((0, 1, True),), "os.chmod": ((0, 2, False),),
+    "os.chown": ((0, 3, False),), "os.utime": ((0, 3, False),), "os.truncate": ((0, None, False),),
+    "os.setxattr": ((0, None, False),), "os.removexattr": ((0, None, False),),
+    "os.mkfifo": ((0, 1, True),), "os.mknod": ((0, 1, True),)}  # the last two: raised by _audit_first
+# Functions that raise no audit event, wrapped in the worker to raise one: (module, name, event). fork_exec
+# starts the child of subprocess and of multiprocessing's spawn; pidfd_send_signal signals any process.
+_UNAUDITED = (("os", "mkfifo", "os.mkfifo"), ("posix", "mkfifo", "os.mkfifo"), ("os", "mknod", "os.mknod"),
+              ("posix", "mknod", "os.mknod"), ("_posixsubprocess", "fork_exec", "_posixsubprocess.fork_exec"),
+              ("signal", "pidfd_send_signal", "signal.pidfd_send_signal"))
+_SECRET_PROC_RE = re.compile(r"^/proc/[^/]+(/task/[^/]+)?/(environ|mem)$")
+_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 _SIGNAMES = {int(s): s.name for s in signal.Signals}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
@@ -210,16 +229,22 @@ def _make_hook(root: str, allow_network: bool) -> Callable[[str, tuple[Any, ...]
             return f"{event} (starting or signalling processes is disabled)"
         if event == "open":
             path, mode, flags = (*args, None, None, None)[:3]
+            if isinstance(path, int):  # an fd that was itself checked when opened
+                return None
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and bool(flags & _WRITE_FLAGS))
-            if writing and not isinstance(path, int) and not inside(path):
+            if writing and not inside(path):
                 return f"open({path!r}, {mode or flags!r}) for writing outside the sandbox directory"
+            real = os.path.realpath(os.fsdecode(path))
+            if _SECRET_PROC_RE.match(real):
+                return f"open({path!r}) of a process's environment or memory (secrets)"
+            if not writing and os.path.isdir(real) and not inside(path):
+                return f"open({path!r}) of a directory outside the sandbox directory (a dir_fd would escape it)"
         elif event == "sqlite3.connect" and args and args[0] not in (":memory:", "", b":memory:"):
             return None if inside(args[0]) else f"sqlite3.connect({args[0]!r}) outside the sandbox directory"
         elif (spec := _PATH_EVENTS.get(event)) is not None:
-            idxs, fd_idx, own_name = spec
-            dir_fd = args[fd_idx] if fd_idx is not None and fd_idx < len(args) else None
-            for i in idxs:
+            for i, fd_idx, own_name in spec:
+                dir_fd = args[fd_idx] if fd_idx is not None and fd_idx < len(args) else None
                 if i < len(args) and not inside(args[i], dir_fd, own_name):
                     return f"{event}({args[i]!r}) outside the sandbox directory"
         return None
@@ -240,11 +265,43 @@ def _make_hook(root: str, allow_network: bool) -> Callable[[str, tuple[Any, ...]
     return hook
 
 
+def _audit_first(module_name: str, name: str, event: str) -> None:
+    """Make ``module.name``, which raises no audit event of its own, raise ``event`` before it runs
+    (with ``(path, dir_fd)`` for a path event, else with its arguments)."""
+    import importlib
+
+    module = importlib.import_module(module_name)
+    fn = getattr(module, name, None)
+    if fn is None:  # pidfd_send_signal: Linux only
+        return
+    if event in _PATH_EVENTS:
+        def guarded(path: Any, *args: Any, dir_fd: int | None = None, **kwargs: Any) -> Any:
+            sys.audit(event, path, dir_fd)
+            return fn(path, *args, dir_fd=dir_fd, **kwargs)
+    else:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            sys.audit(event, *args)
+            return fn(*args, **kwargs)
+    setattr(module, name, guarded)
+
+
+def _scrub_environment(root: str) -> None:
+    """Only ``_ENV_KEEP`` and TMPDIR survive, in os.environ (and the C environ) and in posix.environ."""
+    keep = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ} | {"TMPDIR": root}
+    os.environ.clear()  # unsetenv()s every variable of the C environ too
+    os.environ.update(keep)
+    import posix
+
+    posix.environ.clear()  # the raw bytes copy os.environ was built from
+    posix.environ.update({os.fsencode(k): os.fsencode(v) for k, v in keep.items()})
+
+
 def _worker_main(conn: mpc.Connection, cfg: SandboxConfig, workdir: str, paths: list[str]) -> None:
     try:
         root = os.path.realpath(workdir)
         os.chdir(root)
-        os.environ["TMPDIR"] = tempfile.tempdir = root
+        _scrub_environment(root)
+        tempfile.tempdir = root
         sys.dont_write_bytecode = True
         sys.path[:] = list(dict.fromkeys(paths))
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -253,6 +310,8 @@ def _worker_main(conn: mpc.Connection, cfg: SandboxConfig, workdir: str, paths: 
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (int(cfg.memory_mb) << 20, int(cfg.memory_mb) << 20))
+        for module_name, name, event in _UNAUDITED:
+            _audit_first(module_name, name, event)
         sys.addaudithook(_make_hook(root, cfg.allow_network))
         conn.send_bytes(b'{"ready": true}')
     except BaseException as exc:  # noqa: BLE001
