@@ -16,7 +16,7 @@ PIP_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 EXTRAS ?= cpu,test
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench doctor clean-cache
+.PHONY: install demo test test-fast chromium bench doctor clean-cache
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,11 +32,18 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/ttpa run jobs/demo-cpu.yaml
 
-test: install
+test: install chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-test-fast: install
+test-fast: install chromium
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+# Headless Chromium + chromedriver for tests/test_report.py (renders the HTML report); the
+# demo does not need it. Debian packages, installed only when missing (~45 s on a fresh machine).
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 bench: install
 	$(PY) bench/generation.py

@@ -62,8 +62,8 @@ class RayHead:
             assert time.time() < deadline and self.proc.poll() is None, "the Ray head did not come up"
             time.sleep(2)
 
-    def job(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        return subprocess.run([self.ray, "job", *args, "--address", self.address], env=self.env, cwd=ROOT,
+    def job(self, command: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        return subprocess.run([self.ray, "job", command, "--address", self.address, *args], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout)
 
     def submit(self, sid: str, *entrypoint: str, wait: bool = True) -> subprocess.CompletedProcess:
@@ -73,7 +73,7 @@ class RayHead:
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(60)
+            self.proc.wait(10)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
@@ -86,12 +86,15 @@ def ray_head():
     head.stop()
 
 
-def _wait_for(path: Path, status: str, timeout: float = 600) -> None:
+def _wait_for(head: RayHead, sid: str, path: Path, status: str, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if path.is_file() and json.loads(path.read_text()).get("status") == status:
-            return
-        time.sleep(1)
+        for _ in range(10):
+            if path.is_file() and json.loads(path.read_text()).get("status") == status:
+                return
+            time.sleep(1)
+        job = head.job("status", sid).stdout
+        assert "RUNNING" in job or "PENDING" in job, job + head.job("logs", sid).stdout[-3000:]
     raise AssertionError(f"{path} never reached status {status}")
 
 
@@ -105,10 +108,10 @@ def test_submitted_run_killed_mid_sample_resumes_then_rerun_skips(ray_head, tiny
     cmd = ["ttpa", "run", "jobs/tiny-cpu.yaml", f"output_dir={out}", "probe.num_prompts=5"]
     started = ray_head.submit("e2e-killed", *cmd, wait=False)
     assert started.returncode == 0, started.stdout + started.stderr
-    _wait_for(run / "sample" / MANIFEST, "running")
+    _wait_for(ray_head, "e2e-killed", run / "sample" / MANIFEST, "running")
     stopped = ray_head.job("stop", "e2e-killed")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert "STOPPED" in ray_head.job("status", "e2e-killed").stdout
+    assert "was stopped" in ray_head.job("status", "e2e-killed").stdout
     assert json.loads((run / "sample" / MANIFEST).read_text())["status"] == "running"
     instances = (run / "construct/instances.parquet").read_bytes()
 
@@ -160,9 +163,14 @@ def test_submitted_run_killed_mid_sample_resumes_then_rerun_skips(ray_head, tiny
     held = {r["instance_id"] for r in pq.read_table(run / "evaluate/base/held_out.parquet").to_pylist()}
     assert not held & {p["instance_id"] for p in pairs}
 
+    # report: one self-contained page with the base vs trained tables and the plots.
+    html = (run / "report/report.html").read_text()
+    assert "Evaluation: base vs trained" in html and html.count("data:image/png;base64,") >= 4
+    assert "report/report.html" in proc.stdout
+
     again = ray_head.submit("e2e-rerun", *cmd)
     assert again.returncode == 0, again.stdout[-3000:]
-    for stage in ("probe", "construct", "sample", "reference", "train", "evaluate"):
+    for stage in ("probe", "construct", "sample", "reference", "train", "evaluate", "report"):
         assert f"stage {stage}: complete, skipped" in again.stdout
     assert json.loads((run / "probe/manifest.json").read_text()) == manifest
     # (a config change redoing only its stage and those after it: tests/test_pipeline.py)

@@ -71,3 +71,17 @@ def test_openai_backend_needs_api_base_and_env_name():
         EngineConfig(backend="openai", model="m")
     with pytest.raises(ValueError, match="NAME of an environment variable"):
         EngineConfig(backend="openai", model="m", api_base="http://127.0.0.1:1/v1", api_key_env="sk-abc123!")
+
+
+def test_extends_merges_section_by_section_and_refuses_cycles(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("name: base\nseed: 3\ntrain: {beta: 0.2, epochs: 4}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\ntrain: {epochs: 1}\n")
+    job = load_job(tmp_path / "child.yaml", ["train.learning_rate=0.5"])
+    assert (job.name, job.seed, job.train.beta, job.train.epochs, job.train.learning_rate) == ("child", 3, 0.2, 1, 0.5)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_job(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\nname: c\n")
+    with pytest.raises(ConfigError, match="no such job file"):
+        load_job(tmp_path / "c.yaml")

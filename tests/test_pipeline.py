@@ -18,20 +18,29 @@ def fake_stages(monkeypatch):
     def runner(name):
         def run(job, out, resume):
             calls.append((name, resume))
+            RUNS.append((job.name, name))
             return {"rows": 1}
         return run
 
     stages = {"probe": (runner("probe"), ("probe",), ()),
               "construct": (runner("construct"), ("construct", "seed"), ()),
               "sample": (runner("sample"), ("sample", "evaluate.held_out_fraction"), ("construct",)),
-              "train": (runner("train"), ("train",), ("sample",))}
+              "train": (runner("train"), ("train",), ("sample",)),
+              "evaluate": (runner("evaluate"), ("evaluate",), ("construct", "train")),
+              "report": (runner("report"), (), ("evaluate",))}
+    RUNS.clear()
     monkeypatch.setattr(pipeline, "STAGES", stages)
     monkeypatch.setattr("ttpa_ray.runtime.init_ray", lambda *a, **k: None)
     return calls
 
 
+RUNS: list[tuple[str, str]] = []  # (job name, stage) of every stage run
+
+
 def _job(tmp_path, **sections):
-    return validate_job({"name": "t", "output_dir": str(tmp_path), **sections})
+    sections.setdefault("evaluate", {})
+    sections["evaluate"] = {"enabled": False} | sections["evaluate"]
+    return validate_job({"name": "t", "output_dir": str(tmp_path), "report": {"enabled": False}, **sections})
 
 
 def test_skip_redo_on_change_and_from(tmp_path, fake_stages):
@@ -58,8 +67,8 @@ def test_interrupted_stage_resumes_and_forced_stage_does_not(tmp_path, fake_stag
     pipeline.run_pipeline(job)
     manifest = tmp_path / "t" / "train" / "manifest.json"
     # A run killed inside train leaves its manifest 'running' with the same fingerprint.
-    manifest.write_text(json.dumps({"stage": "train", "status": "running",
-                                    "fingerprint": pipeline.fingerprint(job, ("train",))}))
+    fp = pipeline.fingerprint(job, ("train",), pipeline.upstream_tokens(job, "train", ("sample",)))
+    manifest.write_text(json.dumps({"stage": "train", "status": "running", "fingerprint": fp}))
     fake_stages.clear()
     pipeline.run_pipeline(job)
     assert fake_stages == [("train", True)]
@@ -71,3 +80,38 @@ def test_interrupted_stage_resumes_and_forced_stage_does_not(tmp_path, fake_stag
     fake_stages.clear()
     pipeline.run_pipeline(job, only="train")
     assert fake_stages == [("train", False)]  # asked for: redone from scratch
+
+
+def test_upstream_redone_by_another_command_redoes_what_reads_it(tmp_path, fake_stages):
+    pipeline.run_pipeline(_job(tmp_path))
+    fake_stages.clear()
+    pipeline.run_pipeline(_job(tmp_path), only="construct")  # e.g. `ttpa construct JOB`
+    pipeline.run_pipeline(_job(tmp_path))
+    assert [c[0] for c in fake_stages] == ["construct", "sample", "train"]
+
+
+def test_variants_share_construct_and_base_evaluation(tmp_path, fake_stages):
+    variants = {"tps": {"sample.top_k": 3}, "nsample": {"sample.mode": "nsample", "train.epochs": 2}}
+    job = _job(tmp_path, variants=variants, evaluate={"enabled": True}, report={"enabled": True})
+    pipeline.run_pipeline(job)
+    assert RUNS == [("t", "probe"), ("t", "construct"),
+                    ("tps", "sample"), ("tps", "train"), ("tps", "evaluate"),
+                    ("nsample", "sample"), ("nsample", "train"), ("nsample", "evaluate"),
+                    ("t", "evaluate"), ("t", "report")]
+    sub = tmp_path / "t" / "variants" / "nsample"
+    assert (sub / "construct").resolve() == (tmp_path / "t" / "construct").resolve()
+    assert json.loads((sub / "job.json").read_text())["sample"]["mode"] == "nsample"
+    assert json.loads((sub / "job.json").read_text())["evaluate"]["base"] is False
+    assert pipeline.evaluate_models(validate_job(json.loads((tmp_path / "t" / "job.json").read_text())))
+    RUNS.clear()
+    pipeline.run_pipeline(job)
+    assert RUNS == []  # everything complete
+    pipeline.run_pipeline(job, only="construct")
+    RUNS.clear()
+    pipeline.run_pipeline(job)  # new instances: every variant and the report are redone, probe is not
+    assert [r for r in RUNS if r[1] == "probe"] == [] and ("nsample", "sample") in RUNS and RUNS[-1] == ("t", "report")
+    bad = {"tps": {"construct.num_instances": 3}}
+    with pytest.raises(ValueError, match="cannot vary"):
+        _job(tmp_path, variants=bad)
+    with pytest.raises(ValueError, match=r"variants\.x: sample\.top_k"):
+        _job(tmp_path, variants={"x": {"sample.top_k": -1}})

@@ -242,7 +242,7 @@ def test_zero3_export_is_a_consolidated_hf_model(ray_runs, tiny_model):
     assert all(torch.isfinite(t).all() for t in trained.values())
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "sigmoid+sft"])
 def test_loss_equals_trl_dpotrainer_on_the_same_tokens(tiny_model, loss_type, tmp_path):
     """TRL's own DPOTrainer._compute_loss (its collator, its forward, its loss) on our pairs and
     our precomputed reference log-probs, against our shared-prefix forward + dpo_loss."""
@@ -252,7 +252,7 @@ def test_loss_equals_trl_dpotrainer_on_the_same_tokens(tiny_model, loss_type, tm
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from ttpa_ray.losses import dpo_loss
+    from ttpa_ray.losses import dpo_loss, sft_loss
     from ttpa_ray.pair_forward import collate_pairs, pair_logps
 
     torch.manual_seed(0)
@@ -262,7 +262,9 @@ def test_loss_equals_trl_dpotrainer_on_the_same_tokens(tiny_model, loss_type, tm
     gen = torch.Generator().manual_seed(1)
     ref_c, ref_r = -60 - 30 * torch.rand(4, generator=gen, dtype=torch.float64), -60 - 30 * torch.rand(
         4, generator=gen, dtype=torch.float64)
-    args = DPOConfig(output_dir=str(tmp_path), loss_type=[loss_type], beta=0.1, report_to=[], use_cpu=True,
+    loss_type, _, sft = loss_type.partition("+")
+    args = DPOConfig(output_dir=str(tmp_path), loss_type=[loss_type, *([sft] if sft else [])], beta=0.1,
+                     loss_weights=[1.0, 0.5] if sft else None, report_to=[], use_cpu=True,
                      per_device_train_batch_size=4, save_strategy="no", max_length=None)
     text = Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}])
     trainer = DPOTrainer(model=model, args=args, train_dataset=text, processing_class=tok)
@@ -280,5 +282,6 @@ def test_loss_equals_trl_dpotrainer_on_the_same_tokens(tiny_model, loss_type, tm
         pc, pr = lp.mean()
         rc, rr = ref_c / lp.chosen_tokens, ref_r / lp.rejected_tokens
     ours, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type=loss_type)
-    assert ours.mean().item() == pytest.approx(trl_loss.item(), abs=1e-6)
-    assert abs(ours.mean().item() - math.log(2)) > 1e-3  # a reference far from the policy: a real check
+    ours = ours.mean() + (0.5 * sft_loss(lp.chosen, lp.chosen_tokens) if sft else 0.0)
+    assert ours.item() == pytest.approx(trl_loss.item(), abs=1e-6)
+    assert abs(ours.item() - math.log(2)) > 1e-3  # a reference far from the policy: a real check

@@ -5,6 +5,7 @@
     ttpa sample jobs/demo-cpu.yaml [key=value ...]
     ttpa train jobs/demo-cpu.yaml [key=value ...]
     ttpa evaluate jobs/demo-cpu.yaml [--model PATH]
+    ttpa report jobs/demo-cpu.yaml | runs/demo-cpu [--compare LABEL=RUN_DIR ...]
     ttpa models prepare smollm2-135m-instruct | tiny-random | PATH
     ttpa models list
     ttpa score-calls --input IN.jsonl --output OUT.jsonl
@@ -36,6 +37,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  {name:10s} {counts}")
     if "evaluate" in results:
         _print_comparison(results["evaluate"])
+    if "report" in results:
+        print(f"\n  report: {results['report']['html']}")
     return 0
 
 
@@ -76,6 +79,26 @@ def _evaluate(args: argparse.Namespace) -> int:
                           out, seed=job.seed)
     print(f"evaluate {args.model}: {out}")
     print(json.dumps(counts, indent=2))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """(Re)build the report from a finished (or partial) run folder; no Ray."""
+    from ttpa_ray.report import write_report
+
+    source = Path(args.job)
+    if source.is_dir() and args.overrides:
+        raise ValueError(f"{source} is a run folder: key=value overrides apply to a job YAML only")
+    run_dir = source if source.is_dir() else load_job(args.job, args.overrides).run_dir
+    variants: dict[str, Path] = {}
+    for item in args.compare:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder or label in variants:
+            raise ValueError(f"--compare {item}: expected LABEL=RUN_DIR with a new label, "
+                             "e.g. --compare n-sample=runs/nsample")
+        variants[label] = Path(folder)
+    counts = write_report(run_dir, variants)
+    print(f"report: {counts['html']}\n        {counts['markdown']} ({counts['plots']} plots, {counts['notes']} notes)")
     return 0
 
 
@@ -151,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*")
     ev.add_argument("--model", help="a bundled model name or an HF folder (e.g. runs/NAME/train/model)")
     ev.set_defaults(fn=_evaluate)
+
+    rep = sub.add_parser("report", help="(re)build the HTML + Markdown report of a run (no Ray)")
+    rep.add_argument("job", help="job YAML (its run folder) or a run folder, e.g. runs/demo-cpu")
+    rep.add_argument("overrides", nargs="*")
+    rep.add_argument("--compare", action="append", default=[], metavar="LABEL=RUN_DIR",
+                     help="another run's trained model beside this one (repeatable), e.g. n-sample=runs/nsample")
+    rep.set_defaults(fn=_report)
 
     models = sub.add_parser("models", help="prepare or list models (never downloads from a hub)")
     models.add_argument("action", choices=["prepare", "list"])

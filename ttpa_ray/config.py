@@ -285,6 +285,9 @@ class TrainConfig(Section):
                                                  "label_smoothing > 0); ipo = IPO on per-token means.")
     beta: float = Field(0.1, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    sft_weight: float = Field(0.0, ge=0, description="Adds sft_weight x the mean NLL of the chosen tokens "
+                              "(TRL loss_type [sigmoid, sft], RPO): teaches the chosen calls themselves, format "
+                              "included, which the pair's shared prefix does not; 0 = pure DPO/IPO.")
     prefix_weight: float = Field(1.0, ge=0, le=1, description="Weight of completion tokens before a pair's "
                                  "divergence token (shared by chosen and rejected); 0 = count only from it on.")
     pair_weights: Literal["none", "score_margin"] = Field(
@@ -348,10 +351,21 @@ class EvaluateConfig(Section):
                                               "run in the sandbox (ToolBench-style pass rate).")
     max_steps: int = Field(4, ge=1, le=16, description="Pass rate: model turns per episode before it is failed "
                                                        "(each turn is either tool calls or the final answer).")
+    base: bool = Field(True, description="Also evaluate the starting model (the 'before' of the report).")
+
+
+class ReportConfig(Section):
+    """The run report: one self-contained HTML page and Markdown with tables and plots
+    (``<run_dir>/report/``, see ``ttpa_ray/report.py``); ``ttpa report JOB`` rebuilds it."""
+
+    enabled: bool = True
 
 
 # `construct` (a stage name) shadows pydantic's deprecated BaseModel.construct alias; harmless.
 warnings.filterwarnings("ignore", message='Field name "construct"', category=UserWarning)
+
+
+VARIANT_SECTIONS = ("sample", "score", "reference", "train")
 
 
 class JobConfig(Section):
@@ -364,6 +378,11 @@ class JobConfig(Section):
         "train.storage_path) may point into. Always allowed: the working directory, the TTPA cache dir "
         "(TTPA_CACHE_DIR) and the system temp dir.")
     seed: int = 0
+    variants: dict[str, dict[str, Any]] = Field(
+        {}, description="Named variants trained from the same constructed instances, e.g. "
+        "{tps: {sample.mode: tps}, nsample: {sample.mode: nsample}}: each applies its dotted overrides "
+        "(sample, score, reference, train keys only) and runs sample -> train -> evaluate under "
+        "<run_dir>/variants/<name>/; the base model is evaluated once and the report shows all side by side.")
     ray: RayConfig = RayConfig()
     target: EngineConfig = Field(EngineConfig(), description="The model being aligned: probed, sampled (TPS), evaluated.")
     probe: ProbeConfig = ProbeConfig()
@@ -373,6 +392,7 @@ class JobConfig(Section):
     reference: ReferenceConfig = ReferenceConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("name")
     @classmethod
@@ -380,6 +400,18 @@ class JobConfig(Section):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
             raise ValueError("name is also the run folder name: use letters, digits, '.', '_' and '-' "
                              "(no '/', no leading '.'), e.g. name: demo-cpu")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_keys(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                raise ValueError(f"variant {name!r}: use letters, digits, '.', '_' and '-' (it is a folder name)")
+            for key in overrides:
+                if key.split(".")[0] not in VARIANT_SECTIONS:
+                    raise ValueError(f"variant {name}: {key} cannot vary; variants share probe, construct and "
+                                     f"evaluate and may set only {', '.join(VARIANT_SECTIONS)} keys, e.g. sample.mode")
         return v
 
     @property
@@ -445,9 +477,29 @@ def validate_job(tree: dict[str, Any], source: str = "<job>") -> JobConfig:
         job = JobConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e, JobConfig) for e in exc.errors()]) from None
-    if problems := path_problems(job):
+    problems = path_problems(job)
+    for name in job.variants:
+        try:
+            variant_job(job, name)
+        except ConfigError as exc:
+            problems += [f"variants.{name}: {p}" for p in exc.problems]
+    if problems:
         raise ConfigError(source, problems)
     return job
+
+
+def variant_job(job: JobConfig, name: str) -> JobConfig:
+    """One variant of ``job.variants``: its overrides applied, run under
+    ``<run_dir>/variants/<name>/``; probe, the base model's evaluation and the report are left
+    to the parent run, construct is shared with it (see ``pipeline``)."""
+    tree = job.model_dump(mode="json")
+    for key, value in job.variants[name].items():
+        _set_dotted(tree, key, value)
+    tree.update(name=name, output_dir=str(job.run_dir / "variants"), variants={})
+    tree["probe"]["enabled"] = False
+    tree["evaluate"]["base"] = False
+    tree["report"]["enabled"] = False  # the parent's report shows every variant
+    return validate_job(tree, f"variants.{name}")
 
 
 # --------------------------------------------------------------------------- path policy
@@ -503,7 +555,14 @@ def path_problems(job: JobConfig) -> list[str]:
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     """Read a job YAML, apply overrides, validate; raises ConfigError listing every problem."""
-    path = Path(path)
+    tree = _read_tree(Path(path), ())
+    apply_overrides(tree, overrides or [])
+    return validate_job(tree, str(path))
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A job file's tree; ``extends: other.yaml`` (relative to the file) starts from that job,
+    this file's keys merged over it section by section."""
     if not path.is_file():
         raise ConfigError(str(path), [f"no such job file; the jobs shipped are in jobs/: {_list_jobs()}"])
     try:
@@ -512,8 +571,20 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     if not isinstance(tree, dict):
         raise ConfigError(str(path), ["top level must be a mapping of sections"])
-    apply_overrides(tree, overrides or [])
-    return validate_job(tree, str(path))
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    base = (path.parent / str(parent)).resolve()
+    if base in seen or base == path.resolve():
+        raise ConfigError(str(path), [f"extends: {parent} makes a cycle ({' -> '.join(map(str, seen))})"])
+    return _merge(_read_tree(base, (*seen, path.resolve())), tree)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _list_jobs() -> str:

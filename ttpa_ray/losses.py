@@ -8,7 +8,10 @@ IPO pass per-token averages, as TRL does: its IPO loss is length-normalised).
 - ``ipo`` (Azar et al., eq. 17): ``(Δ - 1/(2β))²``;
 
 where Δ = (π_c - π_r) - (ref_c - ref_r). Rewards are ``β·(π - ref)``, detached. ``weights``
-scale each pair's loss (e.g. by the ESM score margin of the pair).
+scale each pair's loss (e.g. by the ESM score margin of the pair). :func:`sft_loss` is the
+mean NLL of the chosen tokens, added with a weight (TRL's ``loss_type=["sigmoid", "sft"]``,
+RPO): it also teaches the chosen text itself, e.g. the tool-call format, which a pair's
+shared prefix does not.
 
 >>> import torch
 >>> z = torch.zeros(2)
@@ -55,6 +58,16 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     if weights is not None:
         losses = losses * weights
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def sft_loss(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood per chosen token over the batch (a scalar): summed chosen
+    log-probs ``(B,)`` over their token counts ``(B,)``.
+
+    >>> round(sft_loss(torch.tensor([-2.0, -6.0]), torch.tensor([1.0, 3.0])).item(), 4)
+    2.0
+    """
+    return -chosen_logps.sum() / chosen_tokens.sum().clamp(min=1.0)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,

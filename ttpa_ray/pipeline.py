@@ -5,7 +5,8 @@ section, and ``--from STAGE`` forces a redo from there.
 Stages so far: ``probe`` (the target engine pool on tool-use prompts), ``construct``
 (reversed construction), ``sample`` (TPS + ESM scoring -> pairs), ``reference`` (reference
 log-probs of the pairs, once), ``train`` (DPO family on Ray Train + DeepSpeed), ``evaluate``
-(BFCL + held-out + pass rate, for the base and the trained model). A stage whose inputs changed is redone,
+(BFCL + held-out + pass rate, for the base and the trained model), ``report`` (HTML + Markdown with tables
+and plots of all of them). A stage whose inputs changed is redone,
 and so is every stage after it.
 """
 
@@ -15,11 +16,12 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ttpa_ray.config import JobConfig
+from ttpa_ray.config import JobConfig, variant_job
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def _train(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
 
 def evaluate_models(job: JobConfig) -> dict[str, str]:
     """What the evaluate stage compares: the starting model, and the trained one if trained."""
-    models = {"base": _start_model(job)}
+    models = {"base": _start_model(job)} if job.evaluate.base else {}
     trained = job.run_dir / "train" / "model"
     if job.train.enabled and (trained / "config.json").is_file():
         models["trained"] = str(trained.resolve())
@@ -100,6 +102,12 @@ def _evaluate(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     return results
 
 
+def _report(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
+    from ttpa_ray.report import write_report
+
+    return write_report(job.run_dir, out=out)
+
+
 # name -> (runner, config sections it reads (its fingerprint), stages whose output it reads)
 STAGES: dict[str, tuple[Callable[[JobConfig, Path, bool], dict[str, Any]], tuple[str, ...], tuple[str, ...]]] = {
     "probe": (_probe, ("probe", "target"), ()),
@@ -110,10 +118,14 @@ STAGES: dict[str, tuple[Callable[[JobConfig, Path, bool], dict[str, Any]], tuple
                                "train.prefix_weight"), ("sample",)),
     "train": (_train, ("train", "target", "seed"), ("reference",)),
     "evaluate": (_evaluate, ("evaluate", "target", "score", "seed", "train.enabled"), ("construct", "train")),
+    # Shows every stage's manifest: redone when any of them was.
+    "report": (_report, ("report",), ("probe", "construct", "sample", "reference", "train", "evaluate")),
 }
 
 
-def fingerprint(job: JobConfig, sections: tuple[str, ...]) -> str:
+def fingerprint(job: JobConfig, sections: tuple[str, ...], upstream: dict[str, str | None] | None = None) -> str:
+    """Hash of the config a stage reads and of the runs of the stages it reads from (their
+    manifests' ``token``), so new upstream output redoes it even across separate commands."""
     def dump(v: Any) -> Any:
         return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
 
@@ -123,7 +135,7 @@ def fingerprint(job: JobConfig, sections: tuple[str, ...]) -> str:
             value = getattr(value, part)
         return value
 
-    data = json.dumps({s: dump(get(s)) for s in sections}, sort_keys=True)
+    data = json.dumps({"config": {s: dump(get(s)) for s in sections}, "upstream": upstream or {}}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -134,36 +146,60 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
 
 def run_pipeline(job: JobConfig, from_stage: str | None = None,
                  only: str | None = None) -> dict[str, dict[str, Any]]:
-    """Run the job's enabled stages (or ``only`` that one, redone), skipping complete ones."""
+    """Run the job's enabled stages (or ``only`` that one, redone), skipping complete ones.
+    A job with ``variants`` runs probe and construct once, every variant's sample -> evaluate
+    under ``<run_dir>/variants/<name>/``, then the base evaluation and what follows."""
     from ttpa_ray.runtime import init_ray
 
     for flag, value in (("--from", from_stage), ("stage", only)):
         if value is not None and value not in STAGES:
             raise ValueError(f"{flag} {value}: unknown stage; stages are {', '.join(STAGES)}")
-    run_dir = job.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "job.json").write_text(job.model_dump_json(indent=2))
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    (job.run_dir / "job.json").write_text(job.model_dump_json(indent=2))
     init_ray(job.ray.address, job.ray.num_cpus, job.ray.include_dashboard)
+    names = list(STAGES)
+    if not job.variants or only is not None:
+        return _run_stages(job, names, from_stage, only)
+    shared, per_variant = names[:names.index("construct") + 1], names[names.index("construct") + 1:]
+    results = _run_stages(job, shared, from_stage, None)
+    for name in job.variants:
+        sub = variant_job(job, name)
+        sub.run_dir.mkdir(parents=True, exist_ok=True)
+        shared = sub.run_dir / "construct"
+        if not shared.is_symlink():
+            shared.symlink_to(Path("..", "..", "construct"), target_is_directory=True)
+        (sub.run_dir / "job.json").write_text(sub.model_dump_json(indent=2))
+        log.info("variant %s: %s", name, sub.run_dir)
+        sub_from = from_stage if from_stage in per_variant else None
+        results[f"variants/{name}"] = {"status": "complete", "stages": _run_stages(sub, names, sub_from, None)}
+    parent = job.model_copy(update={"sample": job.sample.model_copy(update={"enabled": False}),
+                                    "reference": job.reference.model_copy(update={"enabled": False}),
+                                    "train": job.train.model_copy(update={"enabled": False})})
+    results |= _run_stages(parent, per_variant, from_stage, None)
+    return results
+
+
+def _run_stages(job: JobConfig, names: list[str], from_stage: str | None,
+                only: str | None) -> dict[str, dict[str, Any]]:
+    run_dir = job.run_dir
     after_from = False
-    ran: set[str] = set()
     results = {}
-    for name, (runner, sections, upstream) in STAGES.items():
+    for name in names:
+        runner, sections, upstream = STAGES[name]
         if only is not None and name != only:
             continue
         if only is None and not getattr(job, name).enabled:
             log.info("stage %s: disabled in the job", name)
             continue
         after_from = after_from or name == from_stage
-        # Redo when asked, or when a stage whose output this one reads was just redone.
-        forced = after_from or name == only or bool(ran & set(upstream))
+        forced = after_from or name == only
         stage_dir = run_dir / name
-        fp = fingerprint(job, sections)
+        fp = fingerprint(job, sections, upstream_tokens(job, name, upstream))
         manifest = read_manifest(stage_dir)
         if not forced and manifest and manifest.get("status") == "complete" and manifest.get("fingerprint") == fp:
             log.info("stage %s: complete, skipped (%s)", name, stage_dir)
             results[name] = manifest
             continue
-        ran.add(name)
         # An interrupted run of the same config continues (stages that can, e.g. train from its
         # last checkpoint); a forced or changed stage starts over.
         resume = (not forced and manifest is not None and manifest.get("status") == "running"
@@ -173,9 +209,20 @@ def run_pipeline(job: JobConfig, from_stage: str | None = None,
         log.info("stage %s: %s -> %s", name, "resuming" if resume else "running", stage_dir)
         t0 = time.time()
         counts = runner(job, stage_dir, resume)
-        manifest = {"stage": name, "status": "complete", "fingerprint": fp, "seconds": round(time.time() - t0, 2),
-                    **counts}
+        manifest = {"stage": name, "status": "complete", "fingerprint": fp, "token": uuid.uuid4().hex,
+                    "seconds": round(time.time() - t0, 2), **counts}
         (stage_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
         results[name] = manifest
         log.info("stage %s: done in %.1f s: %s", name, manifest["seconds"], counts)
     return results
+
+
+def upstream_tokens(job: JobConfig, name: str, upstream: tuple[str, ...]) -> dict[str, str | None]:
+    """The run tokens of the stages ``name`` reads (and, for a job with variants, of each
+    variant's evaluation, which the stages after evaluate read too)."""
+    tokens = {u: (read_manifest(job.run_dir / u) or {}).get("token") for u in upstream}
+    names = list(STAGES)
+    if job.variants and "evaluate" in names and name in names[names.index("evaluate") + 1:]:
+        for v in job.variants:
+            tokens[f"variants/{v}"] = (read_manifest(job.run_dir / "variants" / v / "evaluate") or {}).get("token")
+    return tokens

@@ -44,7 +44,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ttpa_ray import train_plan as plan
 from ttpa_ray.config import TrainConfig
-from ttpa_ray.losses import dpo_loss
+from ttpa_ray.losses import dpo_loss, sft_loss
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,10 @@ def _pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id
                               label_smoothing=cfg.label_smoothing, weights=weights)
     tokens = sum(len(r["prompt_token_ids"]) + len(r["chosen_token_ids"]) + len(r["rejected_token_ids"])
                  for r in rows)
-    return losses, rc, rr, losses.mean(), tokens
+    objective = losses.mean()
+    if cfg.sft_weight:
+        objective = objective + cfg.sft_weight * sft_loss(lp.chosen, lp.chosen_tokens)
+    return losses, rc, rr, objective, tokens
 
 
 def _report(policy: Any, state: dict[str, Any], rank: int, final: bool) -> None:

@@ -1,0 +1,323 @@
+"""The run report (ttpa_ray/report.py) on fabricated run folders in the real file formats:
+the tables hold the numbers the stages wrote, the PNGs are real images, the HTML is
+self-contained, missing stages become "not run" notes, variants sit beside the main run,
+and the page renders in headless Chromium (every image loaded, a non-blank screenshot).
+
+No Ray: the evaluate metrics are made by the real pure functions of
+:mod:`ttpa_ray.evaluate_metrics` from fabricated scored rows, like the evaluate stage does.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ttpa_ray import evaluate_metrics as em
+from ttpa_ray import pipeline
+from ttpa_ray.config import validate_job
+from ttpa_ray.report import read_run, write_report
+
+# --------------------------------------------------------------------------- a fabricated run
+
+
+def _manifest(run: Path, stage: str, seconds: float, **counts: Any) -> None:
+    (run / stage).mkdir(parents=True, exist_ok=True)
+    (run / stage / "manifest.json").write_text(json.dumps(
+        {"stage": stage, "status": "complete", "fingerprint": "0123456789abcdef", "seconds": seconds, **counts}))
+
+
+def _turn(category: str, valid: bool, errors: list[str], esm: float, names: list[str] | None,
+          gold: list[str]) -> dict[str, Any]:
+    return {"category": category, "valid": valid, "errors": errors, "esm_score": esm, "generation_error": None,
+            "score_error": None, "predicted_names": names, "gold_names": gold}
+
+
+def _metrics(model: str, simple_valid: int, irrelevance_valid: int, passed: int) -> dict[str, Any]:
+    """metrics.json as the evaluate stage writes it: 4 simple rows (the first ``simple_valid``
+    right, then value_error, missing_call ...), 2 irrelevance rows, 2 held-out rows, 2 episodes."""
+    wrong = [("value_error", 0.8, ["f"]), ("missing_call", 0.0, []), ("value_error", 0.8, ["f"])]
+    bfcl = [_turn("simple", True, [], 1.0, ["f"], ["f"]) for _ in range(simple_valid)]
+    bfcl += [_turn("simple", False, [code], esm, names, ["f"]) for code, esm, names in wrong[:4 - simple_valid]]
+    bfcl += [_turn("irrelevance", k < irrelevance_valid, [] if k < irrelevance_valid else ["irrelevance_call"],
+                   1.0 if k < irrelevance_valid else 0.0, [] if k < irrelevance_valid else ["g"], [])
+             for k in range(2)]
+    held = [_turn("held_out", True, [], 1.0, ["h"], ["h"]), _turn("held_out", False, ["type_error"], 0.6, ["h"], ["h"])]
+    episodes = [{"passed": k < passed, "reason": None if k < passed else "truncated_answer: cut"} for k in range(2)]
+    return {"model": model, "seed": 0, "held_out_fraction": 0.2,
+            "bfcl": em.group_metrics(bfcl, ["simple", "irrelevance"]),
+            "held_out": {"overall": em.category_metrics(held)}, "pass_rate": em.pass_rate_metrics(episodes)}
+
+
+def _pairs(path: Path, chosen: list[float], rejected: list[float]) -> None:
+    n = len(chosen)
+    pq.write_table(pa.table({
+        "id": list(range(n)), "instance_id": [0] * n, "turn_index": [1] * n, "prompt": ["[]"] * n,
+        "tools": ["[]"] * n, "prompt_token_ids": [[1, 2]] * n, "chosen": ["<tool_call>a"] * n,
+        "rejected": ["<tool_call>b"] * n, "chosen_token_ids": [[3]] * n, "rejected_token_ids": [[4]] * n,
+        "chosen_score": chosen, "rejected_score": rejected, "chosen_errors": [[]] * n,
+        "rejected_errors": [["value_error"]] * n, "divergence_index": [6] * n,
+        "chosen_is_gold": [c == 1.0 for c in chosen], "mode": ["tps"] * n}), path)
+
+
+def make_run(root: Path, name: str = "fake", train: bool = True, evaluate: bool = True,
+             trained_simple_valid: int = 3, losses: tuple[float, ...] = (0.6931, 0.52, 0.31),
+             variants: tuple[str, ...] = (), variant_of: Path | None = None) -> Path:
+    """A run folder like `ttpa run` leaves (job.json, manifests, metrics.jsonl, pairs.parquet,
+    evaluate/{base,trained}/metrics.json); ``train``/``evaluate`` False: as with the stage disabled.
+    ``variants``: a parent run (probe, construct, base evaluation; sample -> train in
+    ``variants/<name>/``); ``variant_of``: such a variant (construct linked, no probe, no base)."""
+    run = root / name
+    run.mkdir(parents=True)
+    job = {"name": name, "output_dir": str(root), "seed": 0, "target": {"model": "tiny-random"},
+           "variants": {v: {"sample.top_k": 3} for v in variants}, "probe": {"enabled": variant_of is None},
+           "train": {"enabled": train, "loss_type": "sigmoid", "beta": 0.1}, "evaluate": {"enabled": evaluate}}
+    (run / "job.json").write_text(json.dumps(job))
+    if variant_of is None:
+        _manifest(run, "probe", 35.3, rows=4, errors=0, with_tool_call_tag=1)
+        filtered = {"invalid_call": 0, "tool_error": 0, "duplicate": 1}
+        _manifest(run, "construct", 84.0, attempted=5, rows_out=5, kept=4, errors=0, filtered=filtered,
+                  kept_share=0.8)
+    else:
+        (run / "construct").symlink_to(Path("..", "..", "construct"), target_is_directory=True)
+    if variants:
+        for v in variants:
+            make_run(run / "variants", v, trained_simple_valid=2 + len(v) % 2, variant_of=run)
+        train = False  # the pipeline runs sample -> train in each variant
+    else:
+        _manifest(run, "sample", 29.2, turns=3, candidates=6, pairs=5, held_out_instances=1, turn_errors=0,
+                  no_candidate=0, no_rejected=1, gold_not_valid=0, tokens_per_candidate=74.5)
+        _pairs(run / "sample" / "pairs.parquet", [1.0, 1.0, 1.0, 0.9, 1.0], [0.0, 0.55, 0.8, 0.27, 0.0])
+    if train:
+        _manifest(run, "reference", 18.4, pairs=5, ref_errors=0)
+        _manifest(run, "train", 90.5, pairs=5, pairs_with_ref_error=0, steps=len(losses), restores=[],
+                  final_loss=losses[-1], model=str(run / "train" / "model"))
+        steps = [{"step": k + 1, "epoch": 0, "loss": loss, "rewards/chosen": 0.1 * k, "rewards/rejected": -0.4 * k,
+                  "rewards/margins": 0.5 * k, "rewards/accuracies": 1.0, "pairs": 1, "tokens": 800,
+                  "grad_norm": 10.0, "lr": 1e-4, "tokens_per_s": 5000.0} for k, loss in enumerate(losses)]
+        (run / "train" / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    if evaluate:
+        models = {"base": _metrics("tiny-random", 1, 2, 0)} if variant_of is None else {}
+        if train:
+            models["trained"] = _metrics(str(run / "train" / "model"), trained_simple_valid, 1, 1)
+        for label, m in models.items():
+            (run / "evaluate" / label).mkdir(parents=True)
+            (run / "evaluate" / label / "metrics.json").write_text(json.dumps(m))
+        _manifest(run, "evaluate", 41.5, **{label: {"bfcl_rows": 6, "held_out_rows": 2, "episodes": 2,
+                                                    "generation_errors": 0, "score_errors": 0,
+                                                    "bfcl_accuracy": m["bfcl"]["overall"]["accuracy"]}
+                                            for label, m in models.items()})
+    return run
+
+
+# --------------------------------------------------------------------------- pure checks
+
+
+def test_tables_hold_the_runs_numbers(tmp_path: Path):
+    from ttpa_ray.report import build_report
+
+    run = make_run(tmp_path)
+    tables = build_report(read_run(run)).tables()
+    acc = tables["Accuracy (ESM valid: BFCL's AST accept)"]
+    assert acc.header == ["category", "n", "base", "trained", "Δ trained"]
+    assert [r[0] for r in acc.rows] == ["BFCL simple", "BFCL irrelevance", "BFCL overall", "held-out"]
+    assert acc.rows[0][1:] == ["4", "0.250", "0.750", "+0.500"]
+    assert acc.rows[1][1:] == ["2", "1.000", "0.500", "-0.500"]
+    assert tables["Headline"].cell("pass rate", "Δ trained") == "+0.500"
+    assert tables["Pass rate (held-out episodes in the sandbox)"].cell("base", "fail reasons") == "truncated_answer 2"
+    codes = tables["Error codes (rows with each ESM code, BFCL + held-out)"]
+    assert codes.cell("value_error", "base") == "2" and codes.cell("value_error", "Δ trained") == "-1"
+    assert codes.cell("irrelevance_call", "trained") == "1" and codes.cell("(rows scored)", "base") == "8"
+    assert tables["Training summary"].rows == [["trained", "3", "0.693", "0.310", "1.000", "1.000", "5000", "90.5"]]
+    pairs = tables["Pair statistics"]
+    assert pairs.cell("trained", "chosen mean ESM") == "0.980" and pairs.cell("trained", "chosen = gold") == "0.800"
+    stages = tables["Stages and row accounting: fake"]
+    assert stages.cell("construct", "rows in") == "5 attempted"
+    assert stages.cell("construct", "rows out") == "4 instances"
+    assert stages.cell("construct", "dropped") == "1 (duplicate 1)"
+    assert stages.cell("sample", "rows out") == "6 candidates, 5 pairs"
+    assert stages.cell("sample", "dropped") == "1 (no_rejected 1)"
+    assert stages.cell("total", "seconds") == "298.9"
+
+
+def test_files_are_self_contained_and_linked(tmp_path: Path):
+    counts = write_report(make_run(tmp_path))
+    out = tmp_path / "fake" / "report"
+    assert counts == {"html": str(out / "report.html"), "markdown": str(out / "report.md"), "plots": 5, "notes": 0}
+    pngs = sorted(out.glob("*.png"))
+    assert [p.stem for p in pngs] == ["accuracy", "error_codes", "esm_histogram", "stage_timings", "train_curves"]
+    for p in pngs:
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.width >= 400 and im.height >= 200, (p, im.size)
+            assert len(im.convert("RGB").getcolors(1 << 20)) > 20, p  # drawn, not a blank canvas
+    md = (out / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert sorted(links) == [p.name for p in pngs] and all((out / x).is_file() for x in links)
+    assert "| BFCL simple | 4 | 0.250 | 0.750 | +0.500 |" in md
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page and "<link" not in page
+    assert "url(" not in page and "@import" not in page
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert re.findall(r'href="([^"]*)"', page) == [f"#s{k}" for k in range(4)]  # in-page links only
+    assert "<td class=\"num pos\">+0.500</td>" in page and "<td class=\"num neg\">-0.500</td>" in page
+    write_report(make_run(tmp_path, "again", train=False))  # fewer plots: no stale PNG stays behind
+    assert not (tmp_path / "again" / "report" / "train_curves.png").exists()
+
+
+def test_missing_stages_are_not_run_notes(tmp_path: Path):
+    run = make_run(tmp_path, train=False, evaluate=False)
+    (run / "construct" / "manifest.json").write_text(json.dumps({"stage": "construct", "status": "running"}))
+    counts = write_report(run)
+    page = (run / "report" / "report.html").read_text()
+    md = (run / "report" / "report.md").read_text()
+    for text in ("train: not run (disabled in the job: train.enabled is false)",
+                 "evaluate: not run (disabled in the job: evaluate.enabled is false)",
+                 "construct: not complete (status 'running': interrupted, or still running)"):
+        assert text in md and text in page
+    assert "reference: not run (no reference/manifest.json in" in md  # not disabled, just absent
+    assert counts["plots"] == 2  # pairs histogram and stage timings; no training, no evaluation
+    # Evaluated without a trained model (train disabled): base only, and a note saying why.
+    run = make_run(tmp_path, "base-only", train=False)
+    write_report(run)
+    md = (run / "report" / "report.md").read_text()
+    assert "trained (" in md and "no trained model evaluated: train: not run (disabled in the job" in md
+    assert "| BFCL simple | 4 | 0.250 |" in md
+
+
+def test_variants_side_by_side(tmp_path: Path):
+    from ttpa_ray.report import build_report
+
+    main = make_run(tmp_path, "tps")
+    other = make_run(tmp_path, "nsample", trained_simple_valid=2, losses=(0.6931, 0.6))
+    tables = build_report(read_run(main), [read_run(other, "n-sample")]).tables()
+    acc = tables["Accuracy (ESM valid: BFCL's AST accept)"]
+    assert acc.header == ["category", "n", "base", "trained", "n-sample", "Δ trained", "Δ n-sample"]
+    assert acc.rows[0][1:] == ["4", "0.250", "0.750", "0.500", "+0.500", "+0.250"]
+    assert [r[0] for r in tables["Training summary"].rows] == ["trained", "n-sample"]
+    assert [r[0] for r in tables["Pair statistics"].rows] == ["trained", "n-sample"]
+    assert "Stages and row accounting: nsample (n-sample)" in tables
+    counts = write_report(main, variants={"n-sample": other})
+    assert counts["plots"] == 5 and (main / "report" / "report.html").is_file()
+    with pytest.raises(ValueError, match=r"\['base'\]: 'base', 'trained' and the job's own variants \(none\)"):
+        write_report(main, variants={"base": other})
+    with pytest.raises(ValueError, match="is not a run folder"):
+        write_report(main, variants={"x": tmp_path / "nope"})
+
+
+def test_job_variants_are_shown_beside_the_base(tmp_path: Path):
+    """A job with variants (as the pipeline lays it out): the parent holds probe, construct and
+    the base evaluation; each variant its own sample -> evaluate, construct linked to the parent's."""
+    from ttpa_ray.report import build_report
+
+    parent = make_run(tmp_path, "cmp", variants=("tps", "nsample"))
+    shutil.rmtree(parent / "variants" / "nsample" / "evaluate")  # e.g. interrupted before evaluating
+    counts = write_report(parent)
+    runs = [read_run(parent)] + [read_run(parent / "variants" / v, v) for v in ("tps", "nsample")]
+    tables = build_report(runs[0], runs[1:]).tables()
+    acc = tables["Accuracy (ESM valid: BFCL's AST accept)"]
+    assert acc.header == ["category", "n", "base", "tps", "Δ tps"]
+    assert acc.rows[0][1:] == ["4", "0.250", "0.750", "+0.500"]
+    assert [r[0] for r in tables["Training summary"].rows] == ["tps", "nsample"]  # not the parent
+    assert [r[0] for r in tables["Pair statistics"].rows] == ["tps", "nsample"]
+    own = tables["Stages and row accounting: cmp"]
+    assert own.cell("train", "other") == "train: runs in each variant (tps, nsample)"
+    assert own.cell("total", "seconds") == "160.8"  # probe + construct + evaluate
+    tps = tables["Stages and row accounting: tps"]
+    assert tps.cell("construct", "status") == "shared" and tps.cell("total", "seconds") == "179.6"
+    assert tps.cell("probe", "other") == "probe: not run (disabled in the job: probe.enabled is false)"
+    md = (parent / "report" / "report.md").read_text()
+    assert "nsample (" in md and "no trained model evaluated: evaluate: not run (no evaluate/manifest.json" in md
+    assert "trained (" not in md  # the parent trains nothing itself: no note about it
+    assert counts["plots"] == 5
+    with pytest.raises(ValueError, match="the job's own variants"):
+        write_report(parent, variants={"tps": parent / "variants" / "tps"})
+
+
+def test_report_stage_and_cli(tmp_path: Path, capsys):
+    from ttpa_ray.cli import main
+
+    names = list(pipeline.STAGES)
+    assert names[-2:] == ["evaluate", "report"]
+    runner, sections, upstream = pipeline.STAGES["report"]
+    assert set(upstream) == set(names[:-1])  # redone whenever a stage it shows was redone
+    run = make_run(tmp_path, "t")
+    job = validate_job({"name": "t", "output_dir": str(tmp_path)})
+    counts = runner(job, run / "report", False)
+    assert counts["html"] == str(run / "report" / "report.html") and counts["plots"] == 5
+    (run / "report" / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert (run / "report" / "report.html").is_file()
+    assert str(run / "report" / "report.html") in capsys.readouterr().out
+    other = make_run(tmp_path, "other")
+    assert main(["report", str(run), "--compare", f"n-sample={other}"]) == 0
+    assert "n-sample" in (run / "report" / "report.md").read_text()
+    assert main(["report", str(run), "--compare", "nolabel"]) == 1
+    assert "--compare nolabel: expected LABEL=RUN_DIR" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- headless Chromium
+
+
+def _chromium_driver(profile: Path):
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("this test renders the report in headless Chromium: install the Debian packages chromium and "
+                    "chromium-driver (`make chromium`, or apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--hide-scrollbars", "--window-size=1280,900", f"--user-data-dir={profile}"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def screenshot_report(html_path: Path, png_path: Path, profile: Path) -> dict[str, Any]:
+    """Open the page in headless Chromium, read its images' load state, and save a full-page
+    screenshot; returns what the page showed (title, h2 texts, images)."""
+    browser = _chromium_driver(profile)
+    try:
+        browser.get(html_path.resolve().as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
+        headings = [h.text for h in browser.find_elements("tag name", "h2")]
+        size = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
+        png_path.write_bytes(base64.b64decode(shot["data"]))
+        return {"title": browser.title, "headings": headings, "images": images}
+    finally:
+        browser.quit()
+
+
+def test_report_renders_in_headless_chromium(tmp_path: Path):
+    run = make_run(tmp_path)
+    counts = write_report(run, variants={"n-sample": make_run(tmp_path, "other", trained_simple_valid=2)})
+    shot = tmp_path / "screenshot.png"
+    page = screenshot_report(Path(counts["html"]), shot, tmp_path / "profile")
+    assert page["title"] == "TTPA report: fake"
+    assert page["headings"] == ["Evaluation: base vs trained", "Training", "Preference pairs",
+                                "Stages: timings and row accounting"]
+    assert len(page["images"]) == counts["plots"] == 5
+    assert all(done and w > 0 and h > 0 for done, w, h in page["images"]), page["images"]
+    with Image.open(io.BytesIO(shot.read_bytes())) as im:
+        assert im.width >= 1000 and im.height > 2000, im.size  # the whole page, not one viewport
+        colours = im.convert("RGB").getcolors(1 << 24)
+    assert len(colours) > 500  # text, tables and plots; a blank or broken page has a handful
+    assert max(n for n, _ in colours) < 0.9 * im.width * im.height

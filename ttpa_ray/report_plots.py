@@ -1,0 +1,301 @@
+"""Rendering of the run report (:mod:`ttpa_ray.report` builds its content): the report model
+(tables, figures, notes in sections), PNG plots, and the HTML and Markdown writers.
+
+Plot functions take plain data and return PNG bytes. Figures are built on
+:class:`matplotlib.figure.Figure` with the Agg canvas, never through ``pyplot``: no global
+backend switch, no window, no state shared between calls. Colours are fixed per role (base
+grey, trained blue, variants after it; chosen green, rejected red) so figures read the same
+from run to run. The HTML page is self-contained: inline CSS, PNGs as ``data:`` URIs, no
+script, no external reference; the Markdown links ``<name>.png`` files next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+
+# --------------------------------------------------------------------------- report model
+
+
+@dataclass
+class Table:
+    """Cells are preformatted strings; a column headed ``Δ ...`` holds deltas against base,
+    shown green when better (higher, or lower with ``lower_is_better``) and red when worse."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    lower_is_better: bool = False
+
+    def cell(self, row: str, col: str) -> str:
+        """The cell in the row whose first cell is ``row``."""
+        return next(r[self.header.index(col)] for r in self.rows if r[0] == row)
+
+
+@dataclass
+class Figure:
+    name: str  # file stem: <name>.png
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Note:
+    text: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Table | Figure | Note]
+
+
+@dataclass
+class Report:
+    """What both writers render: a title, key facts, then sections of blocks in order."""
+
+    title: str
+    facts: list[tuple[str, str]]
+    sections: list[Section]
+
+    def tables(self) -> dict[str, Table]:
+        return {b.title: b for s in self.sections for b in s.blocks if isinstance(b, Table)}
+
+    def figures(self) -> list[Figure]:
+        return [b for s in self.sections for b in s.blocks if isinstance(b, Figure)]
+
+    def notes(self) -> list[str]:
+        return [b.text for s in self.sections for b in s.blocks if isinstance(b, Note)]
+
+
+# --------------------------------------------------------------------------- plots
+
+BASE_COLOUR = "#8c8c8c"
+MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+CHOSEN, REJECTED = "#2ca02c", "#d62728"
+_DPI = 100
+
+
+def model_colour(label: str, index: int) -> str:
+    """``base`` is grey; the others take the palette in order (``index`` counts non-base models)."""
+    return BASE_COLOUR if label == "base" else MODEL_COLOURS[index % len(MODEL_COLOURS)]
+
+
+def _new(width: float, height: float, ncols: int = 1) -> tuple[MplFigure, list]:
+    fig = MplFigure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    for ax in axes:
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig, list(axes)
+
+
+def _png(fig: MplFigure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: stable bytes
+    return buf.getvalue()
+
+
+def train_curves(runs: Mapping[str, Sequence[Mapping[str, float]]]) -> bytes:
+    """Loss and reward margin per optimizer step (``metrics.jsonl`` rows), one line per run."""
+    fig, (loss_ax, margin_ax) = _new(10, 3.6, ncols=2)
+    for k, (label, steps) in enumerate(runs.items()):
+        x = [s["step"] for s in steps]
+        style = {"color": model_colour(label, k), "marker": "o" if len(x) <= 30 else None, "markersize": 4,
+                 "label": label}
+        loss_ax.plot(x, [s["loss"] for s in steps], **style)
+        margin_ax.plot(x, [s["rewards/margins"] for s in steps], **style)
+    loss_ax.axhline(np.log(2), color="#999999", linestyle=":", linewidth=1, label="ln 2 (policy = reference)")
+    margin_ax.axhline(0.0, color="#999999", linestyle=":", linewidth=1)
+    for ax, title in ((loss_ax, "loss"), (margin_ax, "reward margin (chosen - rejected)")):
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("optimizer step")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    loss_ax.legend(fontsize=8, frameon=False, loc="best")
+    return _png(fig)
+
+
+def esm_histograms(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> bytes:
+    """ESM score of the chosen vs the rejected side of every pair, one panel per run."""
+    fig, axes = _new(min(5.0 * len(runs), 15.0) if len(runs) > 1 else 7.0, 3.4, ncols=len(runs))
+    bins = np.linspace(0.0, 1.0, 21)
+    for ax, (label, (chosen, rejected)) in zip(axes, runs.items()):
+        ax.hist([list(chosen), list(rejected)], bins=bins, color=[CHOSEN, REJECTED],
+                label=[f"chosen (n={len(chosen)})", f"rejected (n={len(rejected)})"])
+        ax.set_title(f"{label}: ESM score of pair sides", fontsize=11)
+        ax.set_xlabel("ESM score")
+        ax.set_xlim(0, 1)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=8, frameon=False, loc="upper center")
+    axes[0].set_ylabel("pairs")
+    fig.get_layout_engine().set(wspace=0.08)  # panels' 1.0 and 0.0 tick labels apart
+    return _png(fig)
+
+
+def grouped_bars(groups: Sequence[str], values: Mapping[str, Sequence[float | None]], ylabel: str,
+                 title: str, share: bool = True) -> bytes:
+    """One cluster of bars per group, one bar per model (None: no bar, e.g. an empty category).
+    ``share``: values are in [0, 1] and each bar is labelled with its value."""
+    width = max(4.5, min(11.0, 1.5 + 0.42 * len(groups) * max(2, len(values))))
+    fig, (ax,) = _new(width, 3.6)
+    x = np.arange(len(groups))
+    bar = min(0.8 / max(1, len(values)), 0.3)
+    others = 0
+    for k, (label, vals) in enumerate(values.items()):
+        colour = model_colour(label, others)
+        others += label != "base"
+        pos = x + bar * (k + 0.5 - len(values) / 2)
+        heights = [np.nan if v is None else v for v in vals]
+        rects = ax.bar(pos, heights, bar * 0.95, color=colour, label=label)
+        ax.bar_label(rects, labels=["" if v is None else (f"{v:.2f}" if share else f"{v:g}") for v in vals],
+                     fontsize=7, padding=1)
+    ax.set_xticks(x, [g.replace(" ", "\n", 1) for g in groups], fontsize=9)  # "BFCL\nsimple": no overlap
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    if share:  # headroom above 1.0 for the bar labels and the legend
+        ax.set_ylim(0, 1.3)
+        ax.set_yticks(np.linspace(0, 1, 6))
+    else:
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.margins(y=0.15)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.legend(fontsize=8, frameon=False, ncols=min(4, len(values)), loc="upper left")
+    return _png(fig)
+
+
+def stage_timings(runs: Mapping[str, Mapping[str, float]]) -> bytes:
+    """Wall-clock seconds per stage (horizontal bars), one bar per run in each stage."""
+    stages = list(dict.fromkeys(s for secs in runs.values() for s in secs))
+    fig, (ax,) = _new(8, 0.6 + 0.38 * len(stages) * max(1, len(runs)))
+    ax.grid(False)
+    ax.grid(True, axis="x", alpha=0.3)
+    y = np.arange(len(stages))
+    bar = 0.8 / max(1, len(runs))
+    for k, (label, secs) in enumerate(runs.items()):
+        vals = [secs.get(s, np.nan) for s in stages]
+        rects = ax.barh(y - 0.4 + bar * (k + 0.5), vals, bar * 0.95, color=MODEL_COLOURS[k % len(MODEL_COLOURS)],
+                        label=label)
+        ax.bar_label(rects, labels=["" if np.isnan(v) else f"{v:.0f} s" for v in vals], fontsize=7, padding=2)
+    ax.set_yticks(y, stages)
+    ax.invert_yaxis()
+    ax.margins(x=0.12)
+    ax.set_xlabel("seconds")
+    ax.set_title("stage wall-clock time", fontsize=11)
+    if len(runs) > 1:
+        ax.legend(fontsize=8, frameon=False)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- writers
+
+_CSS = """
+body{margin:0;background:#f6f7f9;color:#1d2330;font:14px/1.45 -apple-system,"Segoe UI",Roboto,"DejaVu Sans",
+ Helvetica,Arial,sans-serif}
+main{max-width:1200px;margin:0 auto;padding:24px 28px 48px;background:#fff;min-height:100vh}
+h1{font-size:24px;margin:0 0 12px}h2{font-size:19px;margin:36px 0 12px;padding-bottom:4px;
+ border-bottom:2px solid #e3e6ec}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0 0 12px;color:#444}
+dl.facts dt{font-weight:600}dl.facts dd{margin:0;word-break:break-all}
+nav{margin:8px 0 4px}nav a{margin-right:14px;color:#1f5fa8;text-decoration:none}
+table{border-collapse:collapse;margin:8px 0 20px;font-size:13px;font-variant-numeric:tabular-nums}
+caption{text-align:left;font-weight:600;padding:0 0 6px;color:#333}
+th,td{border:1px solid #dde1e7;padding:4px 9px;vertical-align:top}
+th{background:#eef1f5;text-align:left;white-space:nowrap}td:first-child{white-space:nowrap}
+tbody tr:nth-child(even){background:#fafbfc}
+td.num{text-align:right;white-space:nowrap}td.pos{color:#11772d;font-weight:600}td.neg{color:#b3261e;font-weight:600}
+td{max-width:420px}
+figure{margin:8px 0 24px}figure img{max-width:100%;height:auto;border:1px solid #e3e6ec}
+figcaption{font-size:12px;color:#555;margin-top:4px}
+p.note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;margin:6px 0 12px;flex-basis:100%}
+div.flow{display:flex;flex-wrap:wrap;gap:0 32px;align-items:flex-start}
+"""
+_NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
+
+
+def _numeric_columns(t: Table) -> list[bool]:
+    """Columns whose cells are all numbers (or blank / "–"): right-aligned."""
+    return [any(_NUMBER.match(r[k]) for r in t.rows) and all(_NUMBER.match(r[k]) or r[k] in ("", "–") for r in t.rows)
+            for k in range(len(t.header))]
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # IHDR width, height
+
+
+def _esc(text: str) -> str:
+    """Text content (quotes stay as typed; attributes use html.escape with quote=True)."""
+    return html.escape(text, quote=False)
+
+
+def _html_table(t: Table) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in t.header)
+    body = []
+    numeric = _numeric_columns(t)
+    for row in t.rows:
+        cells = []
+        for h, v, num in zip(t.header, row, numeric):
+            cls = "num" if num else ""
+            if h.startswith("Δ") and v not in ("–", "") and float(v) != 0:
+                cls += " pos" if (float(v) > 0) != t.lower_is_better else " neg"
+            cells.append(f'<td class="{cls.strip()}">{_esc(v)}</td>' if cls else f"<td>{_esc(v)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<table><caption>{_esc(t.title)}</caption><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def render_html(report: Report) -> str:
+    """One self-contained page: inline CSS, PNGs as data: URIs, no script, no external reference."""
+    out = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(report.title)}</title>'
+           f"<style>{_CSS}</style></head><body><main><h1>{_esc(report.title)}</h1>",
+           '<dl class="facts">' + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in report.facts) + "</dl>",
+           "<nav>" + "".join(f'<a href="#s{i}">{_esc(s.title)}</a>' for i, s in enumerate(report.sections)) + "</nav>"]
+    for i, s in enumerate(report.sections):
+        out.append(f'<section><h2 id="s{i}">{_esc(s.title)}</h2><div class="flow">')
+        for b in s.blocks:
+            if isinstance(b, Table):
+                out.append(_html_table(b))
+            elif isinstance(b, Figure):
+                w, h = _png_size(b.png)
+                data = base64.b64encode(b.png).decode("ascii")
+                out.append(f'<figure><img src="data:image/png;base64,{data}" width="{w}" height="{h}" '
+                           f'alt="{html.escape(b.caption)}"><figcaption>{_esc(b.caption)}</figcaption></figure>')
+            else:
+                out.append(f'<p class="note">{_esc(b.text)}</p>')
+        out.append("</div></section>")
+    out.append("</main></body></html>\n")
+    return "\n".join(out)
+
+
+def _md_table(t: Table) -> str:
+    def cell(v: str) -> str:
+        return v.replace("|", "\\|").replace("<", "&lt;") or " "
+
+    align = ["---:" if num else "---" for num in _numeric_columns(t)]
+    lines = [f"**{cell(t.title)}**", "", "| " + " | ".join(cell(h) for h in t.header) + " |",
+             "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in t.rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: Report) -> str:
+    """The same report in Markdown; figures link ``<name>.png`` next to the file."""
+    out = [f"# {report.title}", "", *[f"- **{k}**: {v}" for k, v in report.facts]]
+    for s in report.sections:
+        out += ["", f"## {s.title}"]
+        for b in s.blocks:
+            if isinstance(b, Table):
+                out += ["", _md_table(b)]
+            elif isinstance(b, Figure):
+                out += ["", f"![{b.caption}]({b.name}.png)", "", f"*{b.caption}*"]
+            else:
+                out += ["", f"> **Note:** {b.text}"]
+    return "\n".join(out) + "\n"
