@@ -26,9 +26,10 @@ Cases: ``short`` (tiny-random, synthetic pairs, 30-60-token prompts, batch 8), `
 (SmolLM2-135M, TPS-like tool-call pairs: prompt = bundled tool schemas + a query through the
 chat template, >= 500 tokens; chosen = gold ``<tool_call>`` + eos; rejected = the same call with
 one argument value changed, so it shares the prefix up to ``divergence_index``; batch 2),
-``memory`` (SmolLM2, 2 Ray Train workers, ZeRO-0 vs ZeRO-3 through ``run_train``: RSS per rank
-from metrics.jsonl, and the RSS of an idle worker that only imported torch/DeepSpeed/
-transformers/ttpa_ray). Writes bench/results/train.json.
+``memory`` (SmolLM2, 2 Ray Train workers, ZeRO-0 vs ZeRO-3 through ``run_train``, fp32 and
+bf16: the peak bytes of live tensors per rank from model load through the last step, the CPU
+counterpart of torch.cuda.max_memory_allocated (ttpa_ray/memory_profile.py), and RSS per rank
+from metrics.jsonl). Writes bench/results/train.json (``--cases X`` replaces case X only).
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_rss_peak_mb(), 1)}
 
 
-def worker_memory(spec: dict[str, Any], zero: int) -> dict[str, Any]:
+def worker_memory(spec: dict[str, Any], zero: int, dtype: str = "float32") -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
@@ -299,7 +300,7 @@ def worker_memory(spec: dict[str, Any], zero: int) -> dict[str, Any]:
     from ttpa_ray.models import resolve
     from ttpa_ray.reference import ReferenceBatch
     from ttpa_ray.runtime import init_ray
-    from ttpa_ray.train import run_train
+    from ttpa_ray.train import PROFILE_ENV, run_train
 
     rows, steps = spec["pairs"], spec["steps"]
     model_dir = resolve(spec["model"])
@@ -333,13 +334,15 @@ def worker_memory(spec: dict[str, Any], zero: int) -> dict[str, Any]:
         pq.write_table(pa.Table.from_pylist(rows), pairs)
         cfg = TrainConfig(num_workers=2, zero_stage=zero, cpus_per_worker=0.5, threads=1, max_steps=steps,
                           epochs=steps, checkpoint_every=0, micro_batch_size=1, learning_rate=LR,
-                          lr_scheduler="constant", warmup_ratio=0.0, beta=BETA, dtype="float32")
+                          lr_scheduler="constant", warmup_ratio=0.0, beta=BETA, dtype=dtype)
+        os.environ[PROFILE_ENV] = str(steps)  # peak tensor bytes per rank, model load through the last step
         t0 = time.perf_counter()
         counts = run_train(cfg, spec["model"], pairs, Path(tmp) / "out")
         seconds = time.perf_counter() - t0
         history = [json.loads(x) for x in (Path(tmp) / "out" / "metrics.jsonl").read_text().splitlines()]
     ray.shutdown()
-    return {"zero_stage": zero, "idle_worker_rss_mb": round(idle_rss, 1), "params": n_params,
+    return {"zero_stage": zero, "dtype": dtype, "idle_worker_rss_mb": round(idle_rss, 1), "params": n_params,
+            "peak_tensor_mb_per_rank": counts["peak_tensor_mb_per_rank"],
             "rss_mb_max_rank": [h["rss_mb_max_rank"] for h in history],
             "peak_rss_mb_max_rank": [h["peak_rss_mb_max_rank"] for h in history],
             "losses": [h["loss"] for h in history], "steps": counts["steps"], "run_seconds": round(seconds, 1)}
@@ -521,32 +524,33 @@ def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
 
 
 def _memory_case(quick: bool, tmp: Path) -> dict[str, Any]:
+    """ZeRO-0 vs ZeRO-3 at 2 workers, in fp32 (the CPU default here) and bf16 (the GPU recipe's
+    dtype): the peak bytes of live tensors per rank (ttpa_ray/memory_profile.py: the CPU
+    counterpart of torch.cuda.max_memory_allocated, model load through the last step) and RSS."""
     from ttpa_ray.models import resolve
 
     rows = long_pairs(resolve("smollm2-135m-instruct"), 2)
-    spec = {"model": "smollm2-135m-instruct", "pairs": rows, "steps": 2 if quick else 3}
-    runs = {z: _run(f"memory{z}", spec, tmp) for z in (0, 3)}
-    idle = statistics.fmean(r["idle_worker_rss_mb"] for r in runs.values())
-    last = {z: r["rss_mb_max_rank"][-1] for z, r in runs.items()}
-    peak = {z: r["peak_rss_mb_max_rank"][-1] for z, r in runs.items()}
-    p = runs[0]["params"]
-    return {
-        "model": "smollm2-135m-instruct", "workers": 2, "micro_batch_pairs": 1, "steps": spec["steps"],
-        "runs": {f"zero{z}": r for z, r in runs.items()},
-        "idle_worker_rss_mb": round(idle, 1),
-        "rss_mb_per_rank_last_step": {"zero0": last[0], "zero3": last[3]},
-        "peak_rss_mb_per_rank": {"zero0": peak[0], "zero3": peak[3]},
-        "ratio_zero3_over_zero0": {"rss_last_step": last[3] / last[0], "peak_rss": peak[3] / peak[0],
-                                   "rss_last_step_minus_idle": (last[3] - idle) / (last[0] - idle),
-                                   "peak_rss_minus_idle": (peak[3] - idle) / (peak[0] - idle)},
-        "goal_ratio": GOALS["memory"],
-        "goal_met": {"rss_last_step": last[3] / last[0] <= GOALS["memory"],
-                     "rss_last_step_minus_idle": (last[3] - idle) / (last[0] - idle) <= GOALS["memory"]},
-        "model_state_mb_per_rank_expected": {
-            "note": "not measured: params + grads + AdamW (m, v), fp32, 16 bytes/param; ZeRO-3 splits all of it "
-                    "over the 2 ranks (DeepSpeed keeps no extra fp32 master copy when params are fp32)",
-            "zero0": round(16 * p / 2**20, 1), "zero3": round(16 * p / 2 / 2**20, 1)},
-    }
+    spec = {"model": "smollm2-135m-instruct", "pairs": rows, "steps": 2}
+    out: dict[str, Any] = {"model": "smollm2-135m-instruct", "workers": 2, "micro_batch_pairs": 1,
+                           "steps": spec["steps"], "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                           "goal_ratio": GOALS["memory"], "by_dtype": {}}
+    for dtype in ("float32", "bfloat16"):
+        runs = {z: _run(f"memory{z}-{dtype}", spec, tmp) for z in (0, 3)}
+        tensor = {z: max(r["peak_tensor_mb_per_rank"]) for z, r in runs.items()}
+        rss = {z: r["rss_mb_max_rank"][-1] for z, r in runs.items()}
+        p = runs[0]["params"]
+        out["by_dtype"][dtype] = {
+            "runs": {f"zero{z}": r for z, r in runs.items()},
+            "peak_tensor_mb_per_rank": {"zero0": tensor[0], "zero3": tensor[3]},
+            "rss_mb_per_rank_last_step": {"zero0": rss[0], "zero3": rss[3]},
+            "ratio_zero3_over_zero0": {"peak_tensor": round(tensor[3] / tensor[0], 3),
+                                       "rss_last_step": round(rss[3] / rss[0], 3)},
+            "goal_met_peak_tensor": tensor[3] / tensor[0] <= GOALS["memory"],
+            "model_states_mb_expected": {"zero0": round(16 * p / 2**20, 1), "zero3_per_rank": round(8 * p / 2**20, 1),
+                                         "note": "params + grads + AdamW m, v: 16 bytes/param, ZeRO-3 halves it "
+                                                 "over 2 ranks (before DeepSpeed's own copies and activations)"},
+        }
+    return out
 
 
 def _versions() -> dict[str, str]:
@@ -582,12 +586,12 @@ def _table(report: dict[str, Any]) -> str:
                      f"{cor.get('per_pair_ref_logps_max_abs_diff', float('nan')):.2e}; loss/step "
                      f"{cor['loss_max_abs_diff_per_step']:.2e}")
     mem = report["cases"].get("memory")
-    if mem:
-        r = mem["ratio_zero3_over_zero0"]
-        lines.append(f"memory  RSS/rank (MB) zero0 {mem['rss_mb_per_rank_last_step']['zero0']:.0f}, zero3 "
-                     f"{mem['rss_mb_per_rank_last_step']['zero3']:.0f} (idle worker {mem['idle_worker_rss_mb']:.0f}): "
-                     f"ratio {r['rss_last_step']:.2f} (minus idle {r['rss_last_step_minus_idle']:.2f}), goal <= "
-                     f"{mem['goal_ratio']}")
+    for dtype, m in (mem or {}).get("by_dtype", {}).items():
+        t, r = m["peak_tensor_mb_per_rank"], m["rss_mb_per_rank_last_step"]
+        lines.append(f"memory  {dtype}: peak tensors/rank (MB) zero0 {t['zero0']:.0f}, zero3 {t['zero3']:.0f}: "
+                     f"ratio {m['ratio_zero3_over_zero0']['peak_tensor']:.2f} (goal <= {mem['goal_ratio']}); "
+                     f"RSS/rank zero0 {r['zero0']:.0f}, zero3 {r['zero3']:.0f}: "
+                     f"ratio {m['ratio_zero3_over_zero0']['rss_last_step']:.2f}")
     lines.append("others: CPU cores used by other processes on this shared machine during the measured steps (mean)")
     return "\n".join(lines)
 
@@ -613,7 +617,8 @@ def main() -> None:
         elif args.worker.startswith("trl"):
             result = worker_trl(spec, precompute=args.worker == "trl_precompute")
         else:
-            result = worker_memory(spec, zero=int(args.worker.removeprefix("memory")))
+            zero, _, dtype = args.worker.removeprefix("memory").partition("-")
+            result = worker_memory(spec, zero=int(zero), dtype=dtype or "float32")
         print("RESULT " + json.dumps(result), flush=True)
         return
 
@@ -643,6 +648,9 @@ def main() -> None:
             else:
                 report["cases"][name] = _speed_case(name, args.quick, Path(tmp))
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    if previous.get("quick") == args.quick:  # a subset of cases updates those, keeps the others
+        report["cases"] = previous.get("cases", {}) | report["cases"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(_table(report))

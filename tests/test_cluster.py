@@ -50,8 +50,10 @@ def test_scoring_pool_spreads_over_two_nodes_and_keeps_every_row(ray_two_nodes):
 
 def test_killed_generator_actor_is_replaced_and_every_row_accounted(ray_two_nodes, tiny_model, tmp_path,
                                                                   monkeypatch):
-    """Two vLLM generator actors, one per node; the first batch's actor SIGKILLs itself after
-    the scenario step (faults.KILL_ENGINE_ACTOR). Ray Data restarts it and retries the batch."""
+    """Two generator engine actors (transformers backend: it starts in seconds; the vLLM
+    actor pool is covered in test_engines.py), one per node; the first batch's actor SIGKILLs
+    itself after the scenario step (faults.KILL_ENGINE_ACTOR). Ray Data restarts it and
+    retries the batch."""
     from ttpa_ray import faults
     from ttpa_ray.construct import run_construct
 
@@ -60,7 +62,7 @@ def test_killed_generator_actor_is_replaced_and_every_row_accounted(ray_two_node
     pool = {"min_actors": 2, "max_actors": 2, "num_cpus": 1, "batch_size": 1}
     cfg = ConstructConfig(num_instances=4, tools_per_instance=[1, 1], calls_per_turn=[1, 1], turns=1,
                           max_tokens={"scenario": 16, "call": 24, "simulate": 16, "answer": 16, "query": 16},
-                          generator={"backend": "vllm", "model": "tiny-random", "dtype": "float32",
+                          generator={"backend": "transformers", "model": "tiny-random", "dtype": "float32",
                                      "max_model_len": 1024, "pool": pool})
     counts = run_construct(cfg, tmp_path / "construct", seed=0)
     assert marker.is_file() and "construct batch" in marker.read_text()  # the fault fired, once

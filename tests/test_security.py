@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from ttpa_ray.config import ConfigError, allowed_roots, load_job, validate_job
+from ttpa_ray.config import ConfigError, load_job, validate_job
+from ttpa_ray.paths import allowed_roots
 from ttpa_ray.engines import build_engine
 from ttpa_ray.engines.base import SamplingParams
 from ttpa_ray.tools.sandbox import Sandbox, SandboxConfig, ToolResult

@@ -163,7 +163,7 @@ def ray_runs(tiny_model, pairs_with_ref, process_group, ray_two_nodes, tmp_path_
     worker's loop in this process), and two Ray Train runs with 2 workers spread over a
     two-node cluster: ZeRO-3, and ZeRO-2 whose last rank is SIGKILLed after step 3
     (checkpoints every 2 steps, max_failures 1)."""
-    from ttpa_ray.train import FAULT_ENV, run_train
+    from ttpa_ray.train import FAULT_ENV, PROFILE_ENV, run_train
 
     base = dict(learning_rate=1e-3, epochs=2, max_steps=6, checkpoint_every=2, cpus_per_worker=0.5,
                 lr_scheduler="constant", warmup_ratio=0.0)
@@ -175,9 +175,12 @@ def ray_runs(tiny_model, pairs_with_ref, process_group, ray_two_nodes, tmp_path_
         out = tmp_path_factory.mktemp(name)
         if name == "killed":
             monkeypatch_module.setenv(FAULT_ENV, "3")
+        if name == "zero3":
+            monkeypatch_module.setenv(PROFILE_ENV, "2")  # peak tensor memory per rank through step 2
         before = set(actor_nodes("RayTrainWorker"))
         counts = run_train(TrainConfig(**base, **kw, placement_strategy="SPREAD"), str(tiny_model), pairs_with_ref, out)
         monkeypatch_module.delenv(FAULT_ENV, raising=False)
+        monkeypatch_module.delenv(PROFILE_ENV, raising=False)
         history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         workers = {k: v for k, v in actor_nodes("RayTrainWorker").items() if k not in before}
         runs[name] = (counts, history, out, workers)
@@ -232,7 +235,13 @@ def test_zero3_export_is_a_consolidated_hf_model(ray_runs, tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = ray_runs["zero3"][2] / "model"
+    counts, _, out, _ = ray_runs["zero3"]
+    model = out / "model"
+    # Memory diagnostics (ttpa_ray/memory_profile.py) from both ranks: each held at least its
+    # half of the fp32 weights and AdamW's two moments (1.5x the weights' bytes).
+    weights_mb = sum(p.numel() * 4 for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters()) / 2**20
+    peaks = counts["peak_tensor_mb_per_rank"]
+    assert len(peaks) == 2 and all(1.5 * weights_mb <= p < 100 * weights_mb for p in peaks), (peaks, weights_mb)
     trained = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).state_dict()
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
     assert trained.keys() == base.keys()

@@ -32,19 +32,32 @@ def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job, args.overrides)
     results = run_pipeline(job, from_stage=args.from_stage)
     print(f"run {job.name}: {job.run_dir}")
+    evaluated: dict[str, dict] = {}
     for name, manifest in results.items():
-        counts = {k: v for k, v in manifest.items() if k not in ("stage", "status", "fingerprint")}
-        print(f"  {name:10s} {counts}")
-    if "evaluate" in results:
-        _print_comparison(results["evaluate"])
+        if name.startswith("variants/"):  # a variant's own stages
+            for stage, sub in manifest["stages"].items():
+                print(f"  {name}/{stage}: {_counts(sub)}")
+            trained = manifest["stages"].get("evaluate", {}).get("trained")
+            if isinstance(trained, dict):
+                evaluated[name.removeprefix("variants/")] = trained
+            continue
+        print(f"  {name:10s} {_counts(manifest)}")
+        if name == "evaluate":
+            evaluated = {m: manifest[m] for m in ("base", "trained") if isinstance(manifest.get(m), dict)} | evaluated
+    if evaluated:
+        _print_comparison(evaluated)
     if "report" in results:
         print(f"\n  report: {results['report']['html']}")
     return 0
 
 
-def _print_comparison(manifest: dict) -> None:
-    """Base vs trained, the figures a user looks for first."""
-    models = [m for m in ("base", "trained") if isinstance(manifest.get(m), dict)]
+def _counts(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in ("stage", "status", "fingerprint", "token")}
+
+
+def _print_comparison(manifest: dict[str, dict]) -> None:
+    """Base vs trained (or vs each variant), the figures a user looks for first."""
+    models = list(manifest)
     keys = ("bfcl_simple_accuracy", "bfcl_accuracy", "held_out_accuracy", "pass_rate")
     print("\n  " + f"{'':22s}" + "".join(f"{m:>10s}" for m in models))
     for k in keys:

@@ -8,7 +8,7 @@ and validation reports every problem at once, each with its dotted path and how 
 Security checks: secrets never go in a job (``api_key_env`` names a variable; a key-looking
 value, an ``api_key``-like key or credentials in ``api_base`` are refused without repeating the
 value), and every local path (output dir, model folders, catalogs, checkpoint storage) must
-resolve, after ``..`` and symlinks, inside an allowed root (:func:`path_problems`).
+resolve, after ``..`` and symlinks, inside an allowed root (:mod:`ttpa_ray.paths`).
 
     job = load_job("jobs/demo-cpu.yaml", ["target.backend=transformers"])
 """
@@ -16,9 +16,7 @@ resolve, after ``..`` and symlinks, inside an allowed root (:func:`path_problems
 from __future__ import annotations
 
 import re
-import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -472,11 +470,13 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
 
 
 def validate_job(tree: dict[str, Any], source: str = "<job>") -> JobConfig:
-    """Validate a job tree: fields first, then (on a valid job) the path policy of :func:`path_problems`."""
+    """Validate a job tree: fields first, then (on a valid job) the path policy of :mod:`ttpa_ray.paths`."""
     try:
         job = JobConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e, JobConfig) for e in exc.errors()]) from None
+    from ttpa_ray.paths import path_problems
+
     problems = path_problems(job)
     for name in job.variants:
         try:
@@ -500,57 +500,6 @@ def variant_job(job: JobConfig, name: str) -> JobConfig:
     tree["evaluate"]["base"] = False
     tree["report"]["enabled"] = False  # the parent's report shows every variant
     return validate_job(tree, f"variants.{name}")
-
-
-# --------------------------------------------------------------------------- path policy
-
-
-def allowed_roots(job: JobConfig) -> list[Path]:
-    """Folders a job's local paths must resolve into: cwd, the TTPA cache dir, the temp dir, allowed_paths."""
-    from ttpa_ray.runtime import cache_dir
-
-    roots = [Path.cwd(), cache_dir(), Path(tempfile.gettempdir()), *map(Path, job.allowed_paths)]
-    return list(dict.fromkeys(r.expanduser().resolve() for r in roots))
-
-
-def _is_model_path(name: str) -> bool:
-    """As ``models.resolve`` decides: a bundled name is not a path; an existing file or a name with '/' is."""
-    from ttpa_ray.models import BUNDLED
-
-    return name not in BUNDLED and ("/" in name or Path(name).expanduser().exists())
-
-
-def _local_paths(job: JobConfig) -> Iterator[tuple[str, str]]:
-    """(dotted field, value) of every field of the job that names a local file or folder."""
-    yield "output_dir", job.output_dir
-    for prefix, eng in (("target", job.target), ("construct.generator", job.construct.generator)):
-        if eng.backend != "openai" and _is_model_path(eng.model):  # for openai, model is the server's name
-            yield f"{prefix}.model", eng.model
-        if eng.tokenizer and _is_model_path(eng.tokenizer):
-            yield f"{prefix}.tokenizer", eng.tokenizer
-    if job.train.model and _is_model_path(job.train.model):
-        yield "train.model", job.train.model
-    for dotted, catalog in (("construct.catalog", job.construct.catalog), ("score.catalog", job.score.catalog)):
-        if catalog != "bundled":
-            yield dotted, catalog
-    storage = job.train.storage_path
-    if storage is not None and (storage.startswith("file://") or "://" not in storage):  # s3://, gs://: remote
-        yield "train.storage_path", storage.removeprefix("file://")
-
-
-def path_problems(job: JobConfig) -> list[str]:
-    """One problem per local path of the job that resolves outside every allowed root."""
-    roots = allowed_roots(job)
-    problems = []
-    for dotted, value in _local_paths(job):
-        real = Path(value).expanduser().resolve()
-        if not any(real.is_relative_to(root) for root in roots):
-            folder = real.parent if real.is_file() else real
-            problems.append(
-                f"{dotted}: {value!r} resolves to {real}, outside the allowed paths "
-                f"({', '.join(map(str, roots))}); move it under one of them or add its folder to the job, "
-                f"e.g. allowed_paths: [{folder}]")
-    return problems
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:

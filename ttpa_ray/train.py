@@ -45,6 +45,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ttpa_ray import train_plan as plan
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.losses import dpo_loss, sft_loss
+from ttpa_ray.memory_profile import TensorMemoryProfile
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ MODEL = "hf_model"
 # Fault injection (tests, drills): SIGKILL the last rank right after this optimizer step, on
 # the first attempt only (before any checkpoint exists).
 FAULT_ENV = "TTPA_FAULT_KILL_TRAIN_WORKER_AT_STEP"
+# Diagnostics: peak tensor memory of each rank from model load through this step
+# (ttpa_ray/memory_profile.py), returned as ``peak_tensor_mb_per_rank``. Slows those steps.
+PROFILE_ENV = "TTPA_PROFILE_MEMORY_STEPS"
 COLUMNS = ["id", "prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "divergence_index",
            "ref_chosen_logps", "ref_rejected_logps", "weight"]
 
@@ -171,6 +175,10 @@ def train_loop(config: dict[str, Any]) -> None:
                     ray.train.report(state["history"][-1] if state["history"] else {"step": 0},
                                      checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
                 return
+    profile_steps = 0 if restored else config.get("profile_memory_steps", 0)
+    if profile_steps:
+        memory = TensorMemoryProfile(f"cuda:{ctx.get_local_rank()}" if config["use_gpu"] else "cpu")
+        memory.start()  # from before the model exists: parameters, optimizer states, activations
     policy = Policy.create(model_dir, cfg, world, total, config["use_gpu"])
     if restored:
         with restored.as_directory() as d:
@@ -190,6 +198,10 @@ def train_loop(config: dict[str, Any]) -> None:
                     writer.add_scalar(k, v, step)
         if bar:
             bar.update(row)
+        if profile_steps and step == profile_steps:
+            peaks = [0.0] * world
+            dist.all_gather_object(peaks, round(memory.stop(), 1))
+            state["peak_tensor_mb_per_rank"] = peaks
         if fault_step and step == fault_step and restored is None and rank == world - 1:
             os.kill(os.getpid(), signal.SIGKILL)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
@@ -310,7 +322,8 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
         train_loop,
         train_loop_config={"train": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "seed": seed,
                            "use_gpu": cfg.use_gpu, "threads": cfg.threads, "log_dir": str(log_dir.resolve()),
-                           "fault_step": int(os.environ.get(FAULT_ENV, "0") or 0)},
+                           "fault_step": int(os.environ.get(FAULT_ENV, "0") or 0),
+                           "profile_memory_steps": int(os.environ.get(PROFILE_ENV, "0") or 0)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=_worker_resources(cfg),
                                      placement_strategy=cfg.placement_strategy),
@@ -337,4 +350,6 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
     last = state["history"][-1] if state["history"] else {}
     return {**counts, "steps": state["step"], "restores": state.get("restores", []), "final_loss": last.get("loss"),
             "final_reward_accuracy": last.get("rewards/accuracies"), "model": str(out / "model"),
-            "train_seconds": round(time.time() - t0, 1), "run": f"{storage}/{name}"}
+            "train_seconds": round(time.time() - t0, 1), "run": f"{storage}/{name}",
+            **({"peak_tensor_mb_per_rank": state["peak_tensor_mb_per_rank"]}
+               if "peak_tensor_mb_per_rank" in state else {})}
