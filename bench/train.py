@@ -27,7 +27,8 @@ Cases: ``short`` (tiny-random, synthetic pairs, 30-60-token prompts, batch 8), `
 chat template, >= 500 tokens; chosen = gold ``<tool_call>`` + eos; rejected = the same call with
 one argument value changed, so it shares the prefix up to ``divergence_index``; batch 2),
 ``memory`` (SmolLM2, 2 Ray Train workers, ZeRO-0 vs ZeRO-3 through ``run_train``, fp32 and
-bf16: the peak bytes of live tensors per rank from model load through the last step, the CPU
+bf16: the peak bytes of live tensors per rank during the last step (parameters, gradients,
+optimizer states and activations it touches), the CPU
 counterpart of torch.cuda.max_memory_allocated (ttpa_ray/memory_profile.py), and RSS per rank
 from metrics.jsonl). Writes bench/results/train.json (``--cases X`` replaces case X only).
 """
@@ -335,7 +336,7 @@ def worker_memory(spec: dict[str, Any], zero: int, dtype: str = "float32") -> di
         cfg = TrainConfig(num_workers=2, zero_stage=zero, cpus_per_worker=0.5, threads=1, max_steps=steps,
                           epochs=steps, checkpoint_every=0, micro_batch_size=1, learning_rate=LR,
                           lr_scheduler="constant", warmup_ratio=0.0, beta=BETA, dtype=dtype)
-        os.environ[PROFILE_ENV] = str(steps)  # peak tensor bytes per rank, model load through the last step
+        os.environ[PROFILE_ENV] = str(steps)  # peak tensor bytes per rank during the last step
         t0 = time.perf_counter()
         counts = run_train(cfg, spec["model"], pairs, Path(tmp) / "out")
         seconds = time.perf_counter() - t0
@@ -526,7 +527,7 @@ def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
 def _memory_case(quick: bool, tmp: Path) -> dict[str, Any]:
     """ZeRO-0 vs ZeRO-3 at 2 workers, in fp32 (the CPU default here) and bf16 (the GPU recipe's
     dtype): the peak bytes of live tensors per rank (ttpa_ray/memory_profile.py: the CPU
-    counterpart of torch.cuda.max_memory_allocated, model load through the last step) and RSS."""
+    counterpart of torch.cuda.max_memory_allocated, during the last step) and RSS."""
     from ttpa_ray.models import resolve
 
     rows = long_pairs(resolve("smollm2-135m-instruct"), 2)

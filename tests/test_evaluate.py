@@ -289,7 +289,7 @@ def test_run_evaluate_tiny_random_accounts_for_every_row(tiny_model, ray_local, 
     from ttpa_ray.evaluate import run_evaluate
 
     engine = EngineConfig(backend="vllm", model="smollm2-135m-instruct", dtype="float32", max_model_len=2048,
-                          pool={"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "batch_size": 8})
+                          pool={"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "batch_size": 2})
     score = ScoreConfig(pool={"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "batch_size": 64})
     cfg = EvaluateConfig(max_per_category=2, max_tokens=16, max_steps=2, held_out_fraction=1.0)
     t0 = time.time()

@@ -48,6 +48,7 @@ import numpy as np
 from ttpa_ray import evaluate_metrics as em
 from ttpa_ray.config import EngineConfig, EvaluateConfig, ScoreConfig
 from ttpa_ray.engines.base import Generation, SamplingParams
+from ttpa_ray.score_stage import nulls_as_none
 from ttpa_ray.toolcall import parse_calls
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class EvalBatch:
                     pending.extend(calls)
             if pending:
                 self._execute(pending)
-        out = dict(batch)
+        out = nulls_as_none(batch)
         for k, name in enumerate(("prompt", "prediction", "finish_reason", "completion_tokens", "generation_error")):
             out[name] = _column([s["first"][k] for s in states])
         out["steps"] = np.array([s["steps"] for s in states], dtype=np.int64)

@@ -7,8 +7,10 @@ libraries, the allocator's retained pages and fragmentation.
     peak_mb = prof.stop()
 
 On the CPU it reads torch.profiler's memory timeline (every allocation and free of the
-window, tensors that existed before it included from their first use); on a GPU it reads
-the CUDA allocator's own peak. Profiling slows the window down: use it for a few steps.
+window; tensors that existed before it are counted from their first use in the window, so a
+training step counts the parameters, gradients and optimizer states it touches); on a GPU it
+reads the CUDA allocator's own peak. Profiling costs time and memory (it keeps every event
+with its stack): use it for one step.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class ScoreBatch:
             valid.append(v)
             bad.append(b)
             match.append(m)
-        out = dict(batch)
+        out = nulls_as_none(batch)
         out["esm_score"] = np.array(scores, dtype=np.float64)
         arr = np.empty(n, dtype=object)
         arr[:] = errors
@@ -111,6 +111,19 @@ class ScoreBatch:
         if self._sandbox is not None:
             out["execution_match"] = np.array(match, dtype=object)
         return out
+
+
+def nulls_as_none(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pass-through columns that were all null in their block arrive as NaN floats; handed on
+    as floats they clash with the same column as strings in another block (Arrow cannot unify
+    float and string). Turned back into None, they become Arrow nulls, which unify with any type."""
+    out = dict(batch)
+    for k, v in batch.items():
+        if v.dtype.kind == "f" and len(v) and bool(np.isnan(v).all()):
+            col = np.empty(len(v), dtype=object)
+            col[:] = None
+            out[k] = col
+    return out
 
 
 def none_if_nan(x: Any) -> Any:

@@ -54,9 +54,10 @@ MODEL = "hf_model"
 # Fault injection (tests, drills): SIGKILL the last rank right after this optimizer step, on
 # the first attempt only (before any checkpoint exists).
 FAULT_ENV = "TTPA_FAULT_KILL_TRAIN_WORKER_AT_STEP"
-# Diagnostics: peak tensor memory of each rank from model load through this step
-# (ttpa_ray/memory_profile.py), returned as ``peak_tensor_mb_per_rank``. Slows those steps.
-PROFILE_ENV = "TTPA_PROFILE_MEMORY_STEPS"
+# Diagnostics: peak memory of live tensors on each rank during this optimizer step (it uses
+# the parameters, their gradients and the optimizer states, so all of them are counted;
+# ttpa_ray/memory_profile.py), returned as ``peak_tensor_mb_per_rank``. Slows that step.
+PROFILE_ENV = "TTPA_PROFILE_MEMORY_STEP"
 COLUMNS = ["id", "prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "divergence_index",
            "ref_chosen_logps", "ref_rejected_logps", "weight"]
 
@@ -175,11 +176,11 @@ def train_loop(config: dict[str, Any]) -> None:
                     ray.train.report(state["history"][-1] if state["history"] else {"step": 0},
                                      checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
                 return
-    profile_steps = 0 if restored else config.get("profile_memory_steps", 0)
-    if profile_steps:
-        memory = TensorMemoryProfile(f"cuda:{ctx.get_local_rank()}" if config["use_gpu"] else "cpu")
-        memory.start()  # from before the model exists: parameters, optimizer states, activations
     policy = Policy.create(model_dir, cfg, world, total, config["use_gpu"])
+    profile_step = 0 if restored else config.get("profile_memory_step", 0)
+    memory = TensorMemoryProfile(f"cuda:{ctx.get_local_rank()}" if config["use_gpu"] else "cpu")
+    if profile_step == 1:
+        memory.start()
     if restored:
         with restored.as_directory() as d:
             policy.load_state(Path(d))
@@ -198,7 +199,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     writer.add_scalar(k, v, step)
         if bar:
             bar.update(row)
-        if profile_steps and step == profile_steps:
+        if profile_step and step == profile_step:
             peaks = [0.0] * world
             dist.all_gather_object(peaks, round(memory.stop(), 1))
             state["peak_tensor_mb_per_rank"] = peaks
@@ -206,6 +207,8 @@ def train_loop(config: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
             _report(policy, state, rank, final=False)
+        if profile_step and step == profile_step - 1:  # the next step only
+            memory.start()
 
     state = run_steps(policy, pairs, cfg, seed=config["seed"], rank=rank, world=world, total=total,
                       pad_id=pad_id, state=state, on_step=on_step)
@@ -323,7 +326,7 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
         train_loop_config={"train": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "seed": seed,
                            "use_gpu": cfg.use_gpu, "threads": cfg.threads, "log_dir": str(log_dir.resolve()),
                            "fault_step": int(os.environ.get(FAULT_ENV, "0") or 0),
-                           "profile_memory_steps": int(os.environ.get(PROFILE_ENV, "0") or 0)},
+                           "profile_memory_step": int(os.environ.get(PROFILE_ENV, "0") or 0)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=_worker_resources(cfg),
                                      placement_strategy=cfg.placement_strategy),
