@@ -3,29 +3,41 @@
 libraries, the allocator's retained pages and fragmentation.
 
     prof = TensorMemoryProfile("cpu"); prof.start()
-    ...  # build the model, train a few steps
+    ...  # one training step
     peak_mb = prof.stop()
 
-On the CPU it reads torch.profiler's memory timeline (every allocation and free of the
-window; tensors that existed before it are counted from their first use in the window, so a
-training step counts the parameters, gradients and optimizer states it touches); on a GPU it
-reads the CUDA allocator's own peak. Profiling costs time and memory (it keeps every event
-with its stack): use it for one step.
+On the CPU: the bytes of every tensor storage alive when the window opens (found through the
+garbage collector: parameters, gradients, optimizer states, DeepSpeed's flat buffers), plus
+the running sum of the allocations and frees torch.profiler records during the window, at
+its highest. On a GPU it reads the CUDA allocator's own peak. Profiling slows the window
+down: use it for one step.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
+import gc
 
 import torch
+
+
+def live_tensor_bytes(device: str = "cpu") -> int:
+    """Bytes of the distinct storages of the tensors Python can reach on ``device``."""
+    seen: dict[int, int] = {}
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.device.type == device and not obj.is_meta:
+                storage = obj.untyped_storage()
+                seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        except Exception:  # noqa: BLE001, S112 - objects that only look like tensors
+            continue
+    return sum(n for ptr, n in seen.items() if ptr)
 
 
 class TensorMemoryProfile:
     def __init__(self, device: str = "cpu"):
         self.device = device
         self._prof: torch.profiler.profile | None = None
+        self._baseline = 0
 
     def start(self) -> None:
         if self.device.startswith("cuda"):
@@ -33,8 +45,8 @@ class TensorMemoryProfile:
             return
         from torch.profiler import ProfilerActivity, profile
 
-        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                             with_stack=True)
+        self._baseline = live_tensor_bytes("cpu")
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         self._prof.start()
 
     def stop(self) -> float:
@@ -43,9 +55,12 @@ class TensorMemoryProfile:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         assert self._prof is not None, "start() first"
         self._prof.stop()
-        with tempfile.TemporaryDirectory(prefix="ttpa-mem-") as tmp:
-            path = Path(tmp) / "timeline.json"
-            self._prof.export_memory_timeline(str(path), device="cpu")
-            _times, sizes = json.loads(path.read_text())  # sizes: per event, bytes by category
+        events = self._prof.profiler.kineto_results.events()  # every allocation and free, in bytes
+        deltas = sorted((e.start_ns(), e.nbytes()) for e in events
+                        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
         self._prof = None
-        return max((sum(row) for row in sizes), default=0) / 2**20
+        live = peak = 0
+        for _, delta in deltas:
+            live += delta
+            peak = max(peak, live)
+        return (self._baseline + peak) / 2**20
