@@ -67,8 +67,13 @@ class RayHead:
                               capture_output=True, text=True, timeout=timeout)
 
     def submit(self, sid: str, *entrypoint: str, wait: bool = True) -> subprocess.CompletedProcess:
-        return self.job("submit", "--submission-id", sid, "--working-dir", ".", *([] if wait else ["--no-wait"]),
-                        "--", *entrypoint)
+        deadline = time.time() + 180
+        while True:  # the dashboard answers before the head's job agent has registered
+            proc = self.job("submit", "--submission-id", sid, "--working-dir", ".", *([] if wait else ["--no-wait"]),
+                            "--", *entrypoint)
+            if proc.returncode == 0 or "No available agent" not in proc.stderr + proc.stdout or time.time() > deadline:
+                return proc
+            time.sleep(3)
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)

@@ -44,7 +44,7 @@ if __name__ == "__main__":
 """
 RAY_CHECK = """
 import ray
-ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # ours, whatever else runs
 print("cluster resources", ray.cluster_resources().get("CPU"), "CPU"); ray.shutdown()
 """
 DS_CHECK = """
