@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import socket
 import subprocess
 import sys
@@ -292,8 +293,17 @@ def test_paths_inside_the_default_roots_and_remote_storage_are_accepted(tmp_path
         "score": {"catalog": "catalog.jsonl"}})
     assert job.train.storage_path == "s3://bucket/ckpt"
     validate_job({"name": "x", "train": {"storage_path": "gs://bucket/ckpt"}})
+    # The working directory is a root only while it is the working directory (temp and cache
+    # moved away, so the check holds wherever the checkout and the temp dir are).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "other-tmp"))
+    monkeypatch.setenv("TTPA_CACHE_DIR", str(tmp_path / "other-cache"))
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    validate_job({"name": "x", "output_dir": str(tmp_path / "one" / "runs")})
+    monkeypatch.chdir(tmp_path / "two")
     with pytest.raises(ConfigError, match="output_dir"):  # the old working directory is no longer a root
-        validate_job({"name": "x", "output_dir": str(ROOT / "runs")})
+        validate_job({"name": "x", "output_dir": str(tmp_path / "one" / "runs")})
 
 
 def _outside_via_symlink(tmp_path: Path) -> str:
