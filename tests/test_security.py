@@ -24,6 +24,7 @@ from ttpa_ray.config import ConfigError, load_job, validate_job
 from ttpa_ray.paths import allowed_roots
 from ttpa_ray.engines import build_engine
 from ttpa_ray.engines.base import SamplingParams
+from test_sandbox import assert_healthy, call
 from ttpa_ray.tools.sandbox import Sandbox, SandboxConfig, ToolResult
 
 HERE = Path(__file__).resolve().parent
@@ -39,15 +40,6 @@ OUTSIDE = "/ttpa-security-outside"  # in no allowed root (unless the tests run f
 def sb():
     with Sandbox(CFG) as box:
         yield box
-
-
-def call(sb: Sandbox, func: str, **kwargs) -> ToolResult:
-    return sb.execute(f"sandbox_tools:{func}", kwargs)
-
-
-def assert_healthy(sb: Sandbox) -> None:
-    r = call(sb, "weather", city="Tokyo")
-    assert r.ok and r.output["temp"] == 22.0, r
 
 
 def assert_refused(r: ToolResult, *needles: str) -> None:
