@@ -26,6 +26,8 @@ from ttpa_ray import evaluate_metrics as em
 from ttpa_ray import pipeline
 from ttpa_ray.config import validate_job
 from ttpa_ray.report import read_run, write_report
+from ttpa_ray.report_plots import grouped_bars_figure  # noqa
+from ttpa_ray.score import ERROR_CODES
 
 # --------------------------------------------------------------------------- a fabricated run
 
@@ -321,3 +323,18 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
         colours = im.convert("RGB").getcolors(1 << 24)
     assert len(colours) > 500  # text, tables and plots; a blank or broken page has a handful
     assert max(n for n, _ in colours) < 0.9 * im.width * im.height
+
+
+@pytest.mark.parametrize("n_codes", [3, len(ERROR_CODES)])
+def test_error_code_labels_do_not_overlap(n_codes: int):
+    """Every ESM error code on the bar chart's axis: no two tick labels share a pixel."""
+    codes = list(ERROR_CODES[:n_codes])
+    fig = grouped_bars_figure(codes, {"base": [3.0] * n_codes, "trained": [1.0] * n_codes}, "rows", "codes",
+                              share=False)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    ticks = next(t for t in (ax.get_xticklabels(), ax.get_yticklabels()) if [x.get_text() for x in t] == codes)
+    boxes = [t.get_window_extent() for t in ticks]
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1:]), codes[i]
+        assert a.x0 >= 0 and a.x1 <= fig.bbox.width and a.y0 >= 0 and a.y1 <= fig.bbox.height  # not cut off

@@ -145,8 +145,21 @@ def grouped_bars(groups: Sequence[str], values: Mapping[str, Sequence[float | No
                  title: str, share: bool = True) -> bytes:
     """One cluster of bars per group, one bar per model (None: no bar, e.g. an empty category).
     ``share``: values are in [0, 1] and each bar is labelled with its value."""
+    return _png(grouped_bars_figure(groups, values, ylabel, title, share))
+
+
+def grouped_bars_figure(groups: Sequence[str], values: Mapping[str, Sequence[float | None]], ylabel: str,
+                        title: str, share: bool = True) -> MplFigure:
+    """The figure behind ``grouped_bars``. Groups whose labels would not fit side by side under
+    the bars (e.g. all ESM error codes) are drawn as horizontal bars, labels on the left."""
     width = max(4.5, min(11.0, 1.5 + 0.42 * len(groups) * max(2, len(values))))
-    fig, (ax,) = _new(width, 3.6)
+    horizontal = sum(len(g) for g in groups) * 0.075 > width - 1.5  # ~0.075 in per character at 9 pt
+    if horizontal:
+        width = 8.0
+    fig, (ax,) = _new(width, max(3.6, 1.2 + 0.22 * len(groups) * max(1, len(values))) if horizontal else 3.6)
+    if horizontal:
+        ax.grid(False, axis="y")
+        ax.grid(True, axis="x", alpha=0.3)
     x = np.arange(len(groups))
     bar = min(0.8 / max(1, len(values)), 0.3)
     others = 0
@@ -155,21 +168,24 @@ def grouped_bars(groups: Sequence[str], values: Mapping[str, Sequence[float | No
         others += label != "base"
         pos = x + bar * (k + 0.5 - len(values) / 2)
         heights = [np.nan if v is None else v for v in vals]
-        rects = ax.bar(pos, heights, bar * 0.95, color=colour, label=label)
+        draw = ax.barh if horizontal else ax.bar
+        rects = draw(pos, heights, bar * 0.95, color=colour, label=label)
         ax.bar_label(rects, labels=["" if v is None else (f"{v:.2f}" if share else f"{v:g}") for v in vals],
                      fontsize=7, padding=1)
-    ax.set_xticks(x, [g.replace(" ", "\n", 1) for g in groups], fontsize=9)  # "BFCL\nsimple": no overlap
-    ax.set_xlim(-0.6, len(groups) - 0.4)
+    group_axis, value_axis = (ax.yaxis, ax.xaxis) if horizontal else (ax.xaxis, ax.yaxis)
+    labels = list(groups) if horizontal else [g.replace(" ", "\n", 1) for g in groups]  # "BFCL\nsimple"
+    group_axis.set_ticks(x, labels, fontsize=9)
+    (ax.set_ylim(len(groups) - 0.4, -0.6) if horizontal else ax.set_xlim(-0.6, len(groups) - 0.4))  # first on top
     if share:  # headroom above 1.0 for the bar labels and the legend
-        ax.set_ylim(0, 1.3)
-        ax.set_yticks(np.linspace(0, 1, 6))
+        (ax.set_xlim if horizontal else ax.set_ylim)(0, 1.3)
+        value_axis.set_ticks(np.linspace(0, 1, 6))
     else:
-        ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.margins(y=0.15)
-    ax.set_ylabel(ylabel)
+        value_axis.get_major_locator().set_params(integer=True)
+        ax.margins(**{"x" if horizontal else "y": 0.15})
+    value_axis.set_label_text(ylabel)
     ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=8, frameon=False, ncols=min(4, len(values)), loc="upper left")
-    return _png(fig)
+    ax.legend(fontsize=8, frameon=False, ncols=min(4, len(values)), loc="lower right" if horizontal else "upper left")
+    return fig
 
 
 def stage_timings(runs: Mapping[str, Mapping[str, float]]) -> bytes:
