@@ -59,6 +59,17 @@ def test_vllm_in_ray_actor_logprobs_and_prompt_logprobs(tiny_model, ray_local):
     for k, tok in enumerate(first["completions"][0]["token_ids"]):
         assert forced[5 + k][tok] == pytest.approx(first["completions"][0]["logprobs"][k][tok], abs=2e-3)
 
+    # prompt_logprobs_from: the head comes from the prefix cache, the tail equals a full pass
+    # (also when the whole prompt is cached already: asked twice).
+    long = [5 + (7 * i) % 300 for i in range(300)]
+    full = ray_local.get(actor.generate.remote([long], SamplingParams(max_tokens=1, prompt_logprobs=3).to_dict()))
+    for _ in range(2):
+        tail = ray_local.get(actor.generate.remote([long], SamplingParams(
+            max_tokens=1, prompt_logprobs=3, prompt_logprobs_from=250).to_dict()))
+        assert tail[0]["error"] is None and tail[0]["prompt_logprobs"][:250] == [None] * 250
+        for want, got in zip(full[0]["prompt_logprobs"][250:], tail[0]["prompt_logprobs"][250:], strict=True):
+            assert want.keys() == got.keys() and all(abs(want[k] - got[k]) < 1e-4 for k in want)
+
     # A bad prompt is an error on that prompt only.
     outs = ray_local.get(actor.generate.remote([[1] * 600, [5, 6]], SamplingParams(max_tokens=4).to_dict()))
     assert "exceeds max_model_len" in outs[0]["error"] and outs[1]["error"] is None
@@ -102,6 +113,18 @@ def test_json_schema_constrained_decoding_transformers(smollm2):
     outs = eng.generate([prompt, prompt], SamplingParams(max_tokens=64, temperature=1.0, seed=1, json_schema=SCHEMA))
     for out in outs:
         jsonschema.validate(json.loads(out.completions[0].text), SCHEMA)
+
+
+def test_transformers_prompt_logprobs_from_equals_full_pass(tiny_model):
+    from ttpa_ray.engines.hf import HFEngine
+
+    eng = HFEngine(str(tiny_model), dtype="float32")
+    ids = [5 + (11 * i) % 200 for i in range(40)]
+    full = eng.generate([ids], SamplingParams(max_tokens=0, prompt_logprobs=2))[0].prompt_logprobs
+    tail = eng.generate([ids], SamplingParams(max_tokens=0, prompt_logprobs=2, prompt_logprobs_from=30))[0]
+    assert tail.prompt_logprobs[:30] == [None] * 30 and len(tail.prompt_logprobs) == 40
+    for want, got in zip(full[30:], tail.prompt_logprobs[30:]):
+        assert want.keys() == got.keys() and all(abs(want[k] - got[k]) < 1e-5 for k in want)
 
 
 @pytest.fixture(scope="module")

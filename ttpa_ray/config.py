@@ -94,6 +94,10 @@ class EngineConfig(Section):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree inside one actor (GPU).")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     enable_prefix_caching: bool = True
+    block_size: int | None = Field(
+        None, ge=16, multiple_of=16, description="vLLM KV-cache block (tokens): prefix-cache hits are whole blocks. None: "
+        "vLLM's default (16 on GPU, 128 on CPU); TPS branches share prefixes that end anywhere, so smaller "
+        "blocks recompute less of them.")
     enforce_eager: bool = Field(True, description="Skip graph compilation: starts in seconds on CPU.")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM-CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
     api_base: str | None = Field(None, description="backend=openai: base URL, e.g. http://127.0.0.1:8000/v1")

@@ -132,7 +132,8 @@ class SampleBatch:
     def _tps(self, turns: list[dict[str, Any]]) -> None:
         c = self.cfg
         full = [t["prompt_ids"] + t["gold_ids"] for t in turns]
-        gens = self.engine.generate(full, SamplingParams(max_tokens=1, prompt_logprobs=c.top_k))
+        gens = self.engine.generate(full, [SamplingParams(max_tokens=1, prompt_logprobs=c.top_k,
+                                                          prompt_logprobs_from=len(t["prompt_ids"])) for t in turns])
         branch_prompts, owners = [], []
         for t, g in zip(turns, gens):
             t["candidates"] = []

@@ -46,7 +46,7 @@ def build_engine(cfg: EngineConfig) -> Engine:
                           tensor_parallel_size=cfg.tensor_parallel_size,
                           gpu_memory_utilization=cfg.gpu_memory_utilization,
                           enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager,
-                          kv_cache_gib=cfg.kv_cache_gib)
+                          kv_cache_gib=cfg.kv_cache_gib, block_size=cfg.block_size)
     from ttpa_ray.engines.hf import HFEngine
 
     return HFEngine(path, dtype=dtype, max_model_len=cfg.max_model_len, seed=cfg.seed)

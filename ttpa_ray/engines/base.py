@@ -30,6 +30,10 @@ class SamplingParams:
     """Top-k log-probs per generated token (None: none)."""
     prompt_logprobs: int | None = None
     """Top-k log-probs per prompt token (None: none); 0 gives the actual token only."""
+    prompt_logprobs_from: int = 0
+    """Prompt positions before this one need no log-probs (they are None in the result): an
+    engine may then serve that part of the prompt from its prefix cache and project to the
+    vocabulary only from here on (TPS reads log-probs of the gold answer, not of the prompt)."""
     json_schema: dict[str, Any] | None = None
     """Constrain the output to JSON valid under this schema."""
 
@@ -39,6 +43,8 @@ class SamplingParams:
             problems.append(f"max_tokens must be >= 0, got {self.max_tokens}")
         if self.n < 1:
             problems.append(f"n must be >= 1, got {self.n}")
+        if self.prompt_logprobs_from < 0:
+            problems.append(f"prompt_logprobs_from must be >= 0, got {self.prompt_logprobs_from}")
         if self.temperature < 0:
             problems.append(f"temperature must be >= 0, got {self.temperature}")
         if problems:

@@ -81,7 +81,8 @@ class HFEngine(TemplateChat):
             return results
         if params.prompt_logprobs is not None:
             for i in ok:
-                results[i].prompt_logprobs = self._prompt_logprobs(ids[i], params.prompt_logprobs)
+                results[i].prompt_logprobs = self._prompt_logprobs(ids[i], params.prompt_logprobs,
+                                                                   params.prompt_logprobs_from)
         if params.max_tokens == 0:
             return results
         with torch.no_grad():
@@ -132,12 +133,15 @@ class HFEngine(TemplateChat):
         top[int(actual)] = float(row[actual])
         return top
 
-    def _prompt_logprobs(self, ids: list[int], k: int) -> list[TopK | None]:
+    def _prompt_logprobs(self, ids: list[int], k: int, start: int = 0) -> list[TopK | None]:
+        """Top-k at every prompt position from ``start`` (logits only for those positions)."""
         torch = self.torch
+        start = min(max(start, 1), len(ids))
+        keep = len(ids) - start + 1  # hidden states start-1 .. T-1 predict tokens start .. T
         with torch.no_grad():
-            logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float()  # (T, V)
-        logps = logits.log_softmax(-1)
-        return [None] + [self._topk(logps[t - 1], k, ids[t]) for t in range(1, len(ids))]
+            logits = self.model(torch.tensor([ids], device=self.device), logits_to_keep=keep).logits[0].float()
+        logps = logits.log_softmax(-1)  # row j predicts token start + j
+        return [None] * start + [self._topk(logps[t - start], k, ids[t]) for t in range(start, len(ids))]
 
     def _json_processor(self, schema: dict | None, batch: int) -> Any:
         if schema is None:
