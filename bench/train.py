@@ -580,7 +580,7 @@ def _table(report: dict[str, Any]) -> str:
             sp = case["speedup"].get(f"ours_over_{side}")
             goal = "" if sp is None else f">= {case['goal_speedup']}x: {'met' if sp >= case['goal_speedup'] else 'NOT met'}"
             lines.append(f"{name:<7} {side:<16} {v['seconds_per_step']:>8.3f} {v['steps_per_s']:>8.2f} "
-                         f"{'' if sp is None else f'{sp:.2f}x':>8} {v['other_cpu_cores_measured_steps'] or 0.0:>7.2f}  {goal}")
+                         f"{'' if sp is None else f'{sp:.2f}x':>8} {v.get('other_cpu_cores_measured_steps') or 0.0:>7.2f}  {goal}")
         cor = case["correctness"]
         lines.append(f"{'':<7} step-1 logps |ours-trl|: chosen {cor['step1_logps_chosen']['abs_diff']:.2e}, "
                      f"rejected {cor['step1_logps_rejected']['abs_diff']:.2e}; per-pair ref "
