@@ -59,8 +59,6 @@ def test_deepspeed_config_per_stage():
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
     assert "offload_param" not in plan.deepspeed_config(TrainConfig(zero_stage=2), 1, False)["zero_optimization"]
-    small = plan.deepspeed_config(TrainConfig(zero_stage=3), 2, False, hidden_size=576)["zero_optimization"]
-    assert small["reduce_bucket_size"] == 576**2 and small["stage3_max_live_parameters"] == 24 * 576**2
 
 
 def test_train_config_errors_name_the_field():

@@ -79,17 +79,13 @@ def deepspeed_config(cfg: Any, world: int, bf16: bool, hidden_size: int | None =
 
     Communication buckets scale with the model (``hidden_size``², as HF's "auto" values do):
     DeepSpeed's defaults (5e8 elements = 2 GB in fp32 per bucket) dwarf a small model and
-    would cost more memory per rank than ZeRO saves. Under ZeRO-3 the gathered parameters are
-    released once about two decoder layers' worth (a layer is ~12 h² parameters) are live;
-    DeepSpeed's default (1e9) keeps a whole small model gathered through the step, so a rank
-    would hold every parameter after all. The price is one more all-gather per pass."""
+    would cost more memory per rank than ZeRO saves."""
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if hidden_size and cfg.zero_stage >= 1:
         h2 = hidden_size * hidden_size
         zero |= {"reduce_bucket_size": h2, "allgather_bucket_size": h2}
         if cfg.zero_stage == 3:
-            zero |= {"stage3_prefetch_bucket_size": int(0.9 * h2), "stage3_param_persistence_threshold": 10 * hidden_size,
-                     "stage3_max_live_parameters": 24 * h2, "stage3_max_reuse_distance": 24 * h2}
+            zero |= {"stage3_prefetch_bucket_size": int(0.9 * h2), "stage3_param_persistence_threshold": 10 * hidden_size}
     if cfg.zero_stage >= 1 and cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     if cfg.zero_stage == 3:
