@@ -29,8 +29,11 @@ one argument value changed, so it shares the prefix up to ``divergence_index``; 
 ``memory`` (SmolLM2, 2 Ray Train workers, ZeRO-0 vs ZeRO-3 through ``run_train``, fp32 and
 bf16: the peak bytes of live tensors per rank during the last step (parameters, gradients,
 optimizer states and activations it touches), the CPU
-counterpart of torch.cuda.max_memory_allocated (ttpa_ray/memory_profile.py), and RSS per rank
-from metrics.jsonl). Writes bench/results/train.json (``--cases X`` replaces case X only).
+counterpart of torch.cuda.max_memory_allocated (ttpa_ray/memory_profile.py), the live tensors
+between steps (the model states ZeRO partitions), and RSS per rank from metrics.jsonl) on the
+``long`` pairs; ``memory_short`` the same on those pairs cut to their last 64 prompt tokens
+(activations small next to the model states, as with a large model). Writes
+bench/results/train.json (``--cases X`` replaces case X only).
 """
 
 from __future__ import annotations
@@ -344,6 +347,7 @@ def worker_memory(spec: dict[str, Any], zero: int, dtype: str = "float32") -> di
     ray.shutdown()
     return {"zero_stage": zero, "dtype": dtype, "idle_worker_rss_mb": round(idle_rss, 1), "params": n_params,
             "peak_tensor_mb_per_rank": counts["peak_tensor_mb_per_rank"],
+            "step_start_tensor_mb_per_rank": counts.get("step_start_tensor_mb_per_rank"),
             "rss_mb_max_rank": [h["rss_mb_max_rank"] for h in history],
             "peak_rss_mb_max_rank": [h["peak_rss_mb_max_rank"] for h in history],
             "losses": [h["loss"] for h in history], "steps": counts["steps"], "run_seconds": round(seconds, 1)}
@@ -524,27 +528,36 @@ def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
             "ref_logps": {"ours": sides["ours"]["ref_logps"], "trl_precompute": sides["trl_precompute"]["ref_logps"]}}
 
 
-def _memory_case(quick: bool, tmp: Path) -> dict[str, Any]:
+def _memory_case(quick: bool, tmp: Path, prompt_tokens: int | None = None) -> dict[str, Any]:
     """ZeRO-0 vs ZeRO-3 at 2 workers, in fp32 (the CPU default here) and bf16 (the GPU recipe's
     dtype): the peak bytes of live tensors per rank (ttpa_ray/memory_profile.py: the CPU
-    counterpart of torch.cuda.max_memory_allocated, during the last step) and RSS."""
+    counterpart of torch.cuda.max_memory_allocated, during the last step), the live tensors
+    between steps (the model states ZeRO partitions) and RSS. ``prompt_tokens``: keep only the
+    last N prompt tokens of each pair (activations small next to the model states)."""
     from ttpa_ray.models import resolve
 
     rows = long_pairs(resolve("smollm2-135m-instruct"), 2)
+    if prompt_tokens:
+        for r in rows:
+            r["prompt_token_ids"] = r["prompt_token_ids"][-prompt_tokens:]
     spec = {"model": "smollm2-135m-instruct", "pairs": rows, "steps": 2}
     out: dict[str, Any] = {"model": "smollm2-135m-instruct", "workers": 2, "micro_batch_pairs": 1,
+                           "prompt_tokens": [len(r["prompt_token_ids"]) for r in rows],
                            "steps": spec["steps"], "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                            "goal_ratio": GOALS["memory"], "by_dtype": {}}
     for dtype in ("float32", "bfloat16"):
         runs = {z: _run(f"memory{z}-{dtype}", spec, tmp) for z in (0, 3)}
         tensor = {z: max(r["peak_tensor_mb_per_rank"]) for z, r in runs.items()}
+        states = {z: max(r["step_start_tensor_mb_per_rank"] or [float("nan")]) for z, r in runs.items()}
         rss = {z: r["rss_mb_max_rank"][-1] for z, r in runs.items()}
         p = runs[0]["params"]
         out["by_dtype"][dtype] = {
             "runs": {f"zero{z}": r for z, r in runs.items()},
             "peak_tensor_mb_per_rank": {"zero0": tensor[0], "zero3": tensor[3]},
+            "step_start_tensor_mb_per_rank": {"zero0": states[0], "zero3": states[3]},
             "rss_mb_per_rank_last_step": {"zero0": rss[0], "zero3": rss[3]},
             "ratio_zero3_over_zero0": {"peak_tensor": round(tensor[3] / tensor[0], 3),
+                                       "step_start_tensor": round(states[3] / states[0], 3),
                                        "rss_last_step": round(rss[3] / rss[0], 3)},
             "goal_met_peak_tensor": tensor[3] / tensor[0] <= GOALS["memory"],
             "model_states_mb_expected": {"zero0": round(16 * p / 2**20, 1), "zero3_per_rank": round(8 * p / 2**20, 1),
@@ -586,13 +599,14 @@ def _table(report: dict[str, Any]) -> str:
                      f"rejected {cor['step1_logps_rejected']['abs_diff']:.2e}; per-pair ref "
                      f"{cor.get('per_pair_ref_logps_max_abs_diff', float('nan')):.2e}; loss/step "
                      f"{cor['loss_max_abs_diff_per_step']:.2e}")
-    mem = report["cases"].get("memory")
-    for dtype, m in (mem or {}).get("by_dtype", {}).items():
-        t, r = m["peak_tensor_mb_per_rank"], m["rss_mb_per_rank_last_step"]
-        lines.append(f"memory  {dtype}: peak tensors/rank (MB) zero0 {t['zero0']:.0f}, zero3 {t['zero3']:.0f}: "
-                     f"ratio {m['ratio_zero3_over_zero0']['peak_tensor']:.2f} (goal <= {mem['goal_ratio']}); "
-                     f"RSS/rank zero0 {r['zero0']:.0f}, zero3 {r['zero3']:.0f}: "
-                     f"ratio {m['ratio_zero3_over_zero0']['rss_last_step']:.2f}")
+    for case in ("memory", "memory_short"):
+        mem = report["cases"].get(case) or {}
+        for dtype, m in mem.get("by_dtype", {}).items():
+            t, r = m["peak_tensor_mb_per_rank"], m["rss_mb_per_rank_last_step"]
+            lines.append(f"{case} {dtype}: peak tensors/rank (MB) zero0 {t['zero0']:.0f}, zero3 {t['zero3']:.0f}: "
+                         f"ratio {m['ratio_zero3_over_zero0']['peak_tensor']:.2f} (goal <= {mem['goal_ratio']}); "
+                         f"RSS/rank zero0 {r['zero0']:.0f}, zero3 {r['zero3']:.0f}: "
+                         f"ratio {m['ratio_zero3_over_zero0']['rss_last_step']:.2f}")
     lines.append("others: CPU cores used by other processes on this shared machine during the measured steps (mean)")
     return "\n".join(lines)
 
@@ -601,7 +615,8 @@ def main() -> None:
     global MAX_WAIT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer measured steps (a smoke run of the bench)")
-    ap.add_argument("--cases", default="short,long,memory", help="comma-separated subset of short,long,memory")
+    ap.add_argument("--cases", default="short,long,memory,memory_short",
+                    help="comma-separated subset of short,long,memory,memory_short")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     ap.add_argument("--max-wait", type=float, default=MAX_WAIT,
                     help="seconds to wait for other processes to go idle before each measurement")
@@ -646,6 +661,8 @@ def main() -> None:
             print(f"case {name}", flush=True)
             if name == "memory":
                 report["cases"][name] = _memory_case(args.quick, Path(tmp))
+            elif name == "memory_short":
+                report["cases"][name] = _memory_case(args.quick, Path(tmp), prompt_tokens=64)
             else:
                 report["cases"][name] = _speed_case(name, args.quick, Path(tmp))
     report["total_seconds"] = round(time.perf_counter() - t0, 1)

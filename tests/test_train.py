@@ -242,6 +242,8 @@ def test_zero3_export_is_a_consolidated_hf_model(ray_runs, tiny_model):
     weights_mb = sum(p.numel() * 4 for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters()) / 2**20
     peaks = counts["peak_tensor_mb_per_rank"]
     assert len(peaks) == 2 and all(1.5 * weights_mb <= p < 100 * weights_mb for p in peaks), (peaks, weights_mb)
+    starts = counts["step_start_tensor_mb_per_rank"]  # between steps: the model states
+    assert all(1.5 * weights_mb <= s <= p for s, p in zip(starts, peaks, strict=True)), (starts, peaks)
     trained = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).state_dict()
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
     assert trained.keys() == base.keys()

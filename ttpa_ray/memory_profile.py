@@ -38,6 +38,8 @@ class TensorMemoryProfile:
         self.device = device
         self._prof: torch.profiler.profile | None = None
         self._baseline = 0
+        self.start_mb: float | None = None
+        """CPU: MB of live tensors when the window opened (between steps: the model states)."""
 
     def start(self) -> None:
         if self.device.startswith("cuda"):
@@ -46,6 +48,7 @@ class TensorMemoryProfile:
         from torch.profiler import ProfilerActivity, profile
 
         self._baseline = live_tensor_bytes("cpu")
+        self.start_mb = self._baseline / 2**20
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         self._prof.start()
 

@@ -200,9 +200,11 @@ def train_loop(config: dict[str, Any]) -> None:
         if bar:
             bar.update(row)
         if profile_step and step == profile_step:
-            peaks = [0.0] * world
-            dist.all_gather_object(peaks, round(memory.stop(), 1))
-            state["peak_tensor_mb_per_rank"] = peaks
+            peaks: list[Any] = [None] * world
+            peak = round(memory.stop(), 1)
+            dist.all_gather_object(peaks, (peak, None if memory.start_mb is None else round(memory.start_mb, 1)))
+            state["peak_tensor_mb_per_rank"] = [p for p, _ in peaks]
+            state["step_start_tensor_mb_per_rank"] = [s for _, s in peaks]
         if fault_step and step == fault_step and restored is None and rank == world - 1:
             os.kill(os.getpid(), signal.SIGKILL)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
@@ -354,5 +356,4 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
     return {**counts, "steps": state["step"], "restores": state.get("restores", []), "final_loss": last.get("loss"),
             "final_reward_accuracy": last.get("rewards/accuracies"), "model": str(out / "model"),
             "train_seconds": round(time.time() - t0, 1), "run": f"{storage}/{name}",
-            **({"peak_tensor_mb_per_rank": state["peak_tensor_mb_per_rank"]}
-               if "peak_tensor_mb_per_rank" in state else {})}
+            **{k: state[k] for k in ("peak_tensor_mb_per_rank", "step_start_tensor_mb_per_rank") if k in state}}
