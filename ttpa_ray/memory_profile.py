@@ -37,9 +37,12 @@ class TensorMemoryProfile:
     def __init__(self, device: str = "cpu"):
         self.device = device
         self._prof: torch.profiler.profile | None = None
-        self._baseline = 0
-        self.start_mb: float | None = None
+        self._baseline: int | None = None
+
+    @property
+    def start_mb(self) -> float | None:
         """CPU: MB of live tensors when the window opened (between steps: the model states)."""
+        return None if self._baseline is None else self._baseline / 2**20
 
     def start(self) -> None:
         if self.device.startswith("cuda"):
@@ -48,7 +51,6 @@ class TensorMemoryProfile:
         from torch.profiler import ProfilerActivity, profile
 
         self._baseline = live_tensor_bytes("cpu")
-        self.start_mb = self._baseline / 2**20
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         self._prof.start()
 

@@ -76,9 +76,11 @@ class VLLMEngine(TemplateChat):
         computes the hidden state that predicts position ``from``."""
         from vllm import SamplingParams as VSP
 
+        if not self.prefix_caching:
+            return
         heads = [inputs[i]["prompt_token_ids"][: plist[i].prompt_logprobs_from - 1] for i in todo
                  if plist[i].prompt_logprobs is not None and plist[i].prompt_logprobs_from > 1]
-        if heads and self.prefix_caching:
+        if heads:
             self.llm.generate([self._prompt(h) for h in heads], VSP(max_tokens=1, detokenize=False),
                               use_tqdm=False)
 
