@@ -32,7 +32,8 @@ optimizer states and activations it touches), the CPU
 counterpart of torch.cuda.max_memory_allocated (ttpa_ray/memory_profile.py), the live tensors
 between steps (the model states ZeRO partitions), and RSS per rank from metrics.jsonl) on the
 ``long`` pairs; ``memory_short`` the same on those pairs cut to their last 64 prompt tokens
-(activations small next to the model states, as with a large model). Writes
+(activations small next to the model states, as with a large model); ``memory_ckpt`` the
+``memory`` case with gradient checkpointing on (``train.gradient_checkpointing``). Writes
 bench/results/train.json (``--cases X`` replaces case X only).
 """
 
@@ -338,7 +339,8 @@ def worker_memory(spec: dict[str, Any], zero: int, dtype: str = "float32") -> di
         pq.write_table(pa.Table.from_pylist(rows), pairs)
         cfg = TrainConfig(num_workers=2, zero_stage=zero, cpus_per_worker=0.5, threads=1, max_steps=steps,
                           epochs=steps, checkpoint_every=0, micro_batch_size=1, learning_rate=LR,
-                          lr_scheduler="constant", warmup_ratio=0.0, beta=BETA, dtype=dtype)
+                          lr_scheduler="constant", warmup_ratio=0.0, beta=BETA, dtype=dtype,
+                          gradient_checkpointing=spec.get("gradient_checkpointing", False))
         os.environ[PROFILE_ENV] = str(steps)  # peak tensor bytes per rank during the last step
         t0 = time.perf_counter()
         counts = run_train(cfg, spec["model"], pairs, Path(tmp) / "out")
@@ -528,7 +530,8 @@ def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
             "ref_logps": {"ours": sides["ours"]["ref_logps"], "trl_precompute": sides["trl_precompute"]["ref_logps"]}}
 
 
-def _memory_case(quick: bool, tmp: Path, prompt_tokens: int | None = None) -> dict[str, Any]:
+def _memory_case(quick: bool, tmp: Path, prompt_tokens: int | None = None,
+                 gradient_checkpointing: bool = False) -> dict[str, Any]:
     """ZeRO-0 vs ZeRO-3 at 2 workers, in fp32 (the CPU default here) and bf16 (the GPU recipe's
     dtype): the peak bytes of live tensors per rank (ttpa_ray/memory_profile.py: the CPU
     counterpart of torch.cuda.max_memory_allocated, during the last step), the live tensors
@@ -540,8 +543,9 @@ def _memory_case(quick: bool, tmp: Path, prompt_tokens: int | None = None) -> di
     if prompt_tokens:
         for r in rows:
             r["prompt_token_ids"] = r["prompt_token_ids"][-prompt_tokens:]
-    spec = {"model": "smollm2-135m-instruct", "pairs": rows, "steps": 2}
+    spec = {"model": "smollm2-135m-instruct", "pairs": rows, "steps": 2, "gradient_checkpointing": gradient_checkpointing}
     out: dict[str, Any] = {"model": "smollm2-135m-instruct", "workers": 2, "micro_batch_pairs": 1,
+                           "gradient_checkpointing": gradient_checkpointing,
                            "prompt_tokens": [len(r["prompt_token_ids"]) for r in rows],
                            "steps": spec["steps"], "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                            "goal_ratio": GOALS["memory"], "by_dtype": {}}
@@ -599,7 +603,7 @@ def _table(report: dict[str, Any]) -> str:
                      f"rejected {cor['step1_logps_rejected']['abs_diff']:.2e}; per-pair ref "
                      f"{cor.get('per_pair_ref_logps_max_abs_diff', float('nan')):.2e}; loss/step "
                      f"{cor['loss_max_abs_diff_per_step']:.2e}")
-    for case in ("memory", "memory_short"):
+    for case in ("memory", "memory_short", "memory_ckpt"):
         mem = report["cases"].get(case) or {}
         for dtype, m in mem.get("by_dtype", {}).items():
             t, r = m["peak_tensor_mb_per_rank"], m["rss_mb_per_rank_last_step"]
@@ -615,8 +619,8 @@ def main() -> None:
     global MAX_WAIT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer measured steps (a smoke run of the bench)")
-    ap.add_argument("--cases", default="short,long,memory,memory_short",
-                    help="comma-separated subset of short,long,memory,memory_short")
+    ap.add_argument("--cases", default="short,long,memory,memory_short,memory_ckpt",
+                    help="comma-separated subset of short,long,memory,memory_short,memory_ckpt")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     ap.add_argument("--max-wait", type=float, default=MAX_WAIT,
                     help="seconds to wait for other processes to go idle before each measurement")
@@ -663,6 +667,8 @@ def main() -> None:
                 report["cases"][name] = _memory_case(args.quick, Path(tmp))
             elif name == "memory_short":
                 report["cases"][name] = _memory_case(args.quick, Path(tmp), prompt_tokens=64)
+            elif name == "memory_ckpt":
+                report["cases"][name] = _memory_case(args.quick, Path(tmp), gradient_checkpointing=True)
             else:
                 report["cases"][name] = _speed_case(name, args.quick, Path(tmp))
     report["total_seconds"] = round(time.perf_counter() - t0, 1)

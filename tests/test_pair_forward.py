@@ -141,8 +141,9 @@ def test_lm_head_sees_only_completion_predicting_positions(model):
     assert seen[1] == 2 * len(rows) * longest  # naive: every position of both full sequences
 
 
-def test_one_token_suffixes_still_run_the_suffix_forward(model):
-    """Every rank must call the decoder twice (ZeRO-3 all-gathers), even with nothing to score."""
+def test_one_decoder_call_even_with_one_token_suffixes(model):
+    """Prefix and both continuations go through the decoder in one call (each weight used once
+    per forward, so ZeRO-3 can free its gradient as soon as the backward leaves its layer)."""
     rng = random.Random(4)
     rows = [_pair(rng, model.config.vocab_size, 9, 3, 4, 3), _pair(rng, model.config.vocab_size, 4, 0, 1, 1)]
     batch = collate_pairs(rows, pad_token_id=0)
@@ -153,10 +154,55 @@ def test_one_token_suffixes_still_run_the_suffix_forward(model):
             fast = pair_logps(model, batch, prefix_weight=0.5)
     finally:
         hook.remove()
-    assert len(calls) == 2 and batch.suffix_ids.shape[1] == 2
+    assert len(calls) == 1 and batch.suffix_ids.shape[1] == 2
     with torch.no_grad():
         ref = naive_pair_logps(model, batch, prefix_weight=0.5)
     assert _close(fast.chosen, ref.chosen) and _close(fast.rejected, ref.rejected)
+
+
+def test_each_layer_gradient_is_complete_before_the_next_layer_down_runs_backward():
+    """The gradient hook ZeRO-3 reduce-scatters (and frees) from fires for all of a layer's
+    weights before the layer below starts its backward: no gradient waits for a second use of
+    the weight further down the graph (as it did with prefix and continuations in two calls)."""
+    model = _llama("sdpa")
+    model.train()
+    events: list[tuple[str, int]] = []
+    layers = model.model.layers
+    hooks = [layer.register_full_backward_hook(lambda m, gi, go, i=i: events.append(("backward", i)))
+             for i, layer in enumerate(layers)]
+    hooks += [p.register_post_accumulate_grad_hook(lambda p, i=i: events.append(("complete", i)))
+              for i, layer in enumerate(layers) for p in layer.parameters()]
+    out = pair_logps(model, collate_pairs(_rows(300), pad_token_id=0))
+    (out.chosen - out.rejected).sum().backward()
+    for h in hooks:
+        h.remove()
+    assert events.count(("backward", 0)) == 1
+    last_complete_1 = max(k for k, e in enumerate(events) if e == ("complete", 1))
+    assert last_complete_1 < events.index(("backward", 0)), events
+
+
+def test_gradient_checkpointing_gives_the_same_logps_and_gradients():
+    model = _llama("sdpa")
+    batch = collate_pairs(_rows(300), pad_token_id=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run():
+        out = pair_logps(model, batch, prefix_weight=0.5)
+        return out.chosen.detach(), torch.autograd.grad((out.chosen - out.rejected).sum(), params)
+
+    model.train()
+    plain, plain_grads = run()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ckpt, ckpt_grads = run()
+    assert model.model.gradient_checkpointing and _close(plain, ckpt)
+    assert all(_close(g, r) for g, r in zip(ckpt_grads, plain_grads))
+
+
+def test_attention_without_4d_masks_is_refused():
+    model = _llama("sdpa")
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(NotImplementedError, match="attn_implementation='sdpa'"):
+        pair_logps(model, collate_pairs(_rows(300), pad_token_id=0))
 
 
 def test_batch_to_and_len():
@@ -165,14 +211,6 @@ def test_batch_to_and_len():
     moved = batch.to("cpu")
     assert isinstance(moved, PairBatch) and torch.equal(moved.prefix_ids, batch.prefix_ids)
     assert batch.prefix_mask.sum() == sum(len(r["prompt_token_ids"]) + r["divergence_index"] for r in _rows(50))
-
-
-def test_gradient_checkpointing_is_refused():
-    model = _llama("sdpa")
-    model.gradient_checkpointing_enable()
-    model.train()
-    with pytest.raises(RuntimeError, match="gradient_checkpointing_disable"):
-        pair_logps(model, collate_pairs(_rows(300), pad_token_id=0))
 
 
 def _bad(**kw) -> dict:

@@ -61,6 +61,15 @@ def test_deepspeed_config_per_stage():
     assert "offload_param" not in plan.deepspeed_config(TrainConfig(zero_stage=2), 1, False)["zero_optimization"]
 
 
+def test_deepspeed_buffers_scale_with_the_model():
+    """Buckets and ZeRO-3's optimizer sub-groups follow hidden_size; without it DeepSpeed's defaults stay."""
+    zero3 = plan.deepspeed_config(TrainConfig(zero_stage=3), 2, True, hidden_size=576)["zero_optimization"]
+    assert zero3["reduce_bucket_size"] == 576**2 and zero3["sub_group_size"] == 12 * 576**2
+    zero2 = plan.deepspeed_config(TrainConfig(zero_stage=2), 2, True, hidden_size=576)["zero_optimization"]
+    assert zero2["reduce_bucket_size"] == 576**2 and "sub_group_size" not in zero2
+    assert "sub_group_size" not in plan.deepspeed_config(TrainConfig(zero_stage=3), 2, True)["zero_optimization"]
+
+
 def test_train_config_errors_name_the_field():
     with pytest.raises(ConfigError) as err:
         validate_job({"name": "x", "train": {"beta": 0, "loss_type": "hinge"}})
@@ -134,6 +143,20 @@ def test_first_step_is_ln2_and_accumulation_1x8_equals_8x1(tiny_model, pairs_wit
         assert x["rewards/margins"] == pytest.approx(y["rewards/margins"], abs=1e-5)
     for name, w in wa.items():
         assert torch.allclose(w, wb[name], atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_trains_the_same_weights(tiny_model, pairs_with_ref, process_group):
+    import torch
+
+    a, wa, _ = _run_local(tiny_model, pairs_with_ref, 2, micro_batch_size=4, zero_stage=2)
+    b, wb, policy = _run_local(tiny_model, pairs_with_ref, 2, micro_batch_size=4, zero_stage=2,
+                               gradient_checkpointing=True)
+    assert policy.module.model.gradient_checkpointing and policy.module.training
+    assert [x["loss"] for x in a] == pytest.approx([y["loss"] for y in b], abs=1e-6)
+    for name, w in wa.items():
+        assert torch.allclose(w, wb[name], atol=1e-6), name
+    assert abs(a[1]["loss"] - a[0]["loss"]) > 1e-4  # the first step moved the weights
 
 
 @pytest.mark.slow

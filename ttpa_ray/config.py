@@ -313,6 +313,9 @@ class TrainConfig(Section):
         "PACK", description="How Ray places the workers' bundles: PACK fills a node first (fast "
         "intra-node collectives), SPREAD puts them on different nodes where it can.")
     threads: int | None = Field(None, ge=1, description="OMP_NUM_THREADS of each worker (CPU runs).")
+    gradient_checkpointing: bool = Field(False, description="Recompute each decoder layer's activations in "
+                                         "the backward instead of keeping them (HF gradient checkpointing): "
+                                         "less memory per rank on long prompts, one more forward of compute.")
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = Field(False, description="ZeRO-2/3: optimizer states in CPU memory.")
     offload_params: bool = Field(False, description="ZeRO-3: parameters in CPU memory.")

@@ -2,18 +2,23 @@
 
 A TTPA pair shares the prompt (often 500+ tokens) and the first ``divergence_index`` (``d``)
 completion tokens; it differs from completion token ``d`` on. Instead of two full sequences
-(:func:`naive_pair_logps`, the reference) :func:`pair_logps` runs the decoder once over the
-shared prefix ``prompt + chosen[:d]`` (``B`` rows), repeats its key/value cache for both
-continuations and runs the decoder over ``chosen[d:]`` and ``rejected[d:]`` (``2B`` rows).
-Gradients flow through the cache into the prefix. The LM head sees only hidden states that
-predict completion tokens, never prompt positions: the shared completion tokens are scored
-once and added to both sides, and the last prefix position predicts both ``chosen[d]`` and
-``rejected[d]``. The last suffix token predicts nothing, so it is never fed.
+(:func:`naive_pair_logps`, the reference) :func:`pair_logps` packs each pair into one row
+``[prompt + chosen[:d] | chosen[d:-1] | rejected[d:-1]]`` with a shared-prefix attention mask
+(each continuation sees the whole prefix and itself, never the other) and position ids that
+restart both continuations where the prefix ends, and runs the decoder once. So the prefix is
+computed once, and every weight is used once per forward: its gradient is complete as soon as
+the backward leaves its layer, and ZeRO-3 can reduce-scatter and free it there (with the
+prefix and the continuations in two decoder calls, autograd held every layer's gradient until
+the backward reached the prefix call: a whole model's worth per rank). The LM head sees only
+hidden states that predict completion tokens, never prompt positions: the shared completion
+tokens are scored once and added to both sides, and the last prefix position predicts both
+``chosen[d]`` and ``rejected[d]``. The last suffix token predicts nothing, so it is never fed.
 
 Modules are only called through their forward (decoder, then ``get_output_embeddings()``), so
-DeepSpeed ZeRO-3 gathers their parameters as usual. Not supported: sliding-window attention
-layers (their cache is truncated) and models that post-process logits after the LM head (e.g.
-Gemma-2 soft-capping); use :func:`naive_pair_logps` for those.
+DeepSpeed ZeRO-3 gathers their parameters as usual, and HF gradient checkpointing applies.
+Needs ``sdpa`` or ``eager`` attention (they take a 4D mask). Not supported: sliding-window
+attention layers (the packed mask replaces theirs) and models that post-process logits after
+the LM head (e.g. Gemma-2 soft-capping); use :func:`naive_pair_logps` for those.
 """
 
 from __future__ import annotations
@@ -111,8 +116,7 @@ def collate_pairs(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> PairB
     ds = [int(row["divergence_index"]) for row in rows]
     prefix_ids, prefix_mask = _pad([p + c[:d] for p, c, d in zip(prompts, chosen, ds)], pad_token_id)
     suffixes = [s[d:] for c, r, d in zip(chosen, rejected, ds) for s in (c, r)]
-    # Width >= 2 so the suffix forward always runs (on padding if need be): under ZeRO-3 every
-    # rank must call the decoder the same number of times, or the parameter all-gathers hang.
+    # Width >= 2: every packed row keeps at least one (padding) column per continuation.
     suffix_ids, suffix_mask = _pad(suffixes, pad_token_id, min_width=2)
     return PairBatch(prefix_ids, prefix_mask, torch.tensor([len(p) for p in prompts]), torch.tensor(ds),
                      suffix_ids, suffix_mask)
@@ -124,6 +128,31 @@ def _token_logps(logits: Tensor, labels: Tensor) -> Tensor:
     return logits.gather(-1, labels) - logits.logsumexp(-1, keepdim=True)
 
 
+def _packed_mask(batch: PairBatch, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Position ids ``(B, L)`` and additive attention mask ``(B, 1, L, L)`` of the packed rows
+    ``[prefix | chosen[d:-1] | rejected[d:-1]]``, ``L = P + 2(S-1)``: prefix tokens attend
+    causally within the prefix; each suffix attends to the whole (real) prefix and causally to
+    itself, never to the other suffix. Padding is never a key; a padding query sees only itself
+    (its output is unused, and no softmax row is empty)."""
+    B, P = batch.prefix_ids.shape
+    S1 = batch.suffix_ids.shape[1] - 1
+    device = batch.prefix_ids.device
+    prefix_lens = batch.prefix_mask.sum(-1)
+    seg = torch.cat([torch.zeros(P, dtype=torch.long, device=device),
+                     torch.full((S1,), 1, device=device), torch.full((S1,), 2, device=device)])   # (L,)
+    real = torch.cat([batch.prefix_mask, batch.suffix_mask[0::2, :-1], batch.suffix_mask[1::2, :-1]], 1).bool()
+    suffix_pos = prefix_lens[:, None] + torch.arange(S1, device=device)
+    pos = torch.cat([torch.arange(P, device=device).expand(B, P), suffix_pos, suffix_pos], 1)   # (B, L)
+    idx = torch.arange(seg.shape[0], device=device)
+    causal = idx[None, :] <= idx[:, None]                                                   # (L, L) [query, key]
+    same = seg[:, None] == seg[None, :]
+    into_prefix = (seg[None, :] == 0) & (seg[:, None] != 0)
+    allowed = (real[:, None, :] & ((same & causal) | into_prefix)[None]) | torch.eye(seg.shape[0], dtype=torch.bool,
+                                                                                      device=device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return pos, mask[:, None]
+
+
 def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 1.0) -> PairLogps:
     """Shared-prefix forward of a HF causal LM. ``prefix_weight`` weights the completion tokens
     before the divergence token (0: only tokens from the divergence on count)."""
@@ -131,32 +160,28 @@ def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 
     B, P = batch.prefix_ids.shape
     device = batch.prefix_ids.device
     prefix_lens = batch.prefix_mask.sum(-1)                                       # (B,)
-    cache = DynamicCache(config=model.config)
-    if any(cache.is_sliding):
-        raise NotImplementedError("pair_logps does not support sliding-window attention layers (their cache is "
-                                  "truncated); use naive_pair_logps for this model")
-    pos = torch.arange(P, device=device).expand(B, P)
-    h = decoder(input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask, position_ids=pos,
-                past_key_values=cache, use_cache=True).last_hidden_state        # (B, P, H)
-    if cache.get_seq_length() != P:
-        raise RuntimeError("the decoder did not fill the key/value cache, which HF gradient checkpointing does in "
-                           "training mode; call model.gradient_checkpointing_disable() (or use naive_pair_logps)")
-
-    # Hidden states that predict completion tokens: shared chosen[:d] (d per row), the last prefix
-    # position (predicts chosen[d] and rejected[d]), and suffix positions but the last.
-    shared = (pos >= batch.prompt_lens[:, None] - 1) & (pos < prefix_lens[:, None] - 1)    # (B, P)
-    parts = [h[shared], h[torch.arange(B, device=device), prefix_lens - 1]]
-    next_ids = batch.prefix_ids.roll(-1, dims=1)                                          # (B, P)
-    rest_mask = batch.suffix_mask[:, 1:].bool()                                           # (2B, S-1)
+    if any(DynamicCache(config=model.config).is_sliding):
+        raise NotImplementedError("pair_logps does not support sliding-window attention layers (its packed mask "
+                                  "replaces theirs); use naive_pair_logps for this model")
+    if model.config._attn_implementation not in ("sdpa", "eager"):
+        raise NotImplementedError(f"pair_logps needs attention that takes a 4D mask (sdpa or eager), not "
+                                  f"{model.config._attn_implementation!r}; load the model with attn_implementation='sdpa'")
+    rest_mask = batch.suffix_mask[:, 1:].bool()                                   # (2B, S-1)
     S1 = rest_mask.shape[1]
     if S1 < 1:
         raise ValueError("batch.suffix_ids must be at least 2 wide; build batches with collate_pairs")
-    cache.batch_repeat_interleave(2)                                              # (2B, ..., P, ...)
-    hs = decoder(input_ids=batch.suffix_ids[:, :-1],
-                 attention_mask=torch.cat([batch.prefix_mask.repeat_interleave(2, 0),
-                                           batch.suffix_mask[:, :-1]], dim=1),      # (2B, P + S-1)
-                 position_ids=prefix_lens.repeat_interleave(2)[:, None] + torch.arange(S1, device=device),
-                 past_key_values=cache, use_cache=True).last_hidden_state          # (2B, S-1, H)
+    ids = torch.cat([batch.prefix_ids, batch.suffix_ids[0::2, :-1], batch.suffix_ids[1::2, :-1]], 1)   # (B, L)
+    position_ids, mask = _packed_mask(batch, model.get_input_embeddings().weight.dtype)
+    h = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                use_cache=False).last_hidden_state                               # (B, L, H)
+
+    # Hidden states that predict completion tokens: shared chosen[:d] (d per row), the last prefix
+    # position (predicts chosen[d] and rejected[d]), and suffix positions but the last.
+    pos = position_ids[:, :P]
+    shared = (pos >= batch.prompt_lens[:, None] - 1) & (pos < prefix_lens[:, None] - 1)    # (B, P)
+    parts = [h[:, :P][shared], h[torch.arange(B, device=device), prefix_lens - 1]]
+    next_ids = batch.prefix_ids.roll(-1, dims=1)                                          # (B, P)
+    hs = h[:, P:].reshape(B, 2, S1, -1).flatten(0, 1)                                     # (2B, S-1, H) interleaved
     parts.append(hs[rest_mask])
     logits = lm_head(torch.cat(parts))                                            # (N, V)
     n_shared = parts[0].shape[0]

@@ -68,6 +68,8 @@ class Policy:
             hf_ds = HfDeepSpeedConfig(ds_config)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         disable_dropout(model)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora.r:
             from peft import LoraConfig, get_peft_model
 

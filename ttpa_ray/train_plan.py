@@ -79,13 +79,20 @@ def deepspeed_config(cfg: Any, world: int, bf16: bool, hidden_size: int | None =
 
     Communication buckets scale with the model (``hidden_size``², as HF's "auto" values do):
     DeepSpeed's defaults (5e8 elements = 2 GB in fp32 per bucket) dwarf a small model and
-    would cost more memory per rank than ZeRO saves."""
+    would cost more memory per rank than ZeRO saves.
+
+    ZeRO-3 steps the optimizer one sub-group of its partition at a time; each sub-group brings
+    a fp32 copy of its gradients and AdamW's temporaries (3 tensors its size). DeepSpeed's
+    default (1e12 elements: the whole partition at once) made those the peak of a ZeRO-3 step
+    on SmolLM2-135M (770 MiB per rank in bf16); ``12 * hidden_size``² (about one decoder layer)
+    keeps them to a few of the largest parameters' size (bench/train.py, case ``memory``)."""
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if hidden_size and cfg.zero_stage >= 1:
         h2 = hidden_size * hidden_size
         zero |= {"reduce_bucket_size": h2, "allgather_bucket_size": h2}
         if cfg.zero_stage == 3:
-            zero |= {"stage3_prefetch_bucket_size": int(0.9 * h2), "stage3_param_persistence_threshold": 10 * hidden_size}
+            zero |= {"stage3_prefetch_bucket_size": int(0.9 * h2), "stage3_param_persistence_threshold": 10 * hidden_size,
+                     "sub_group_size": 12 * h2}
     if cfg.zero_stage >= 1 and cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     if cfg.zero_stage == 3:
