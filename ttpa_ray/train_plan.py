@@ -85,7 +85,7 @@ def deepspeed_config(cfg: Any, world: int, bf16: bool, hidden_size: int | None =
     a fp32 copy of its gradients and AdamW's temporaries (3 tensors its size). DeepSpeed's
     default (1e12 elements: the whole partition at once) made those the peak of a ZeRO-3 step
     on SmolLM2-135M (770 MiB per rank in bf16); ``12 * hidden_size``² (about one decoder layer)
-    keeps them to a few of the largest parameters' size (bench/train.py, case ``memory``)."""
+    keeps them to a few of the largest parameters' size (bench/train.py, ``memory*`` cases)."""
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if hidden_size and cfg.zero_stage >= 1:
         h2 = hidden_size * hidden_size
