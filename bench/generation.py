@@ -46,7 +46,7 @@ def timed(engine, prompts, params, repeats: int) -> dict:
 def worker(backend: str, model: str, dtype: str, n_prompts: int, max_tokens: int, repeats: int) -> dict:
     setup_env()
     from ttpa_ray.engines.base import SamplingParams
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     path = str(resolve(model))
     if backend == "vllm_cpu":

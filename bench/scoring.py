@@ -24,8 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
-from ttpa_ray.bfcl import load_category
-from ttpa_ray.score_stage import ScoreBatch
+from ttpa_ray.evaluate.bfcl import load_category
+from ttpa_ray.score.stage import ScoreBatch
 from ttpa_ray.toolcall import render_calls
 
 

@@ -5,7 +5,7 @@
 Turns are built from the bundled catalog (the gold call of a tool with three more tools
 offered, so each prompt is >= 300 tokens of tool schemas and history). In fresh processes:
 
-- **TPS** (ttpa_ray.sample.SampleBatch, vLLM with prefix caching): each turn's prompt prefilled
+- **TPS** (ttpa_ray.sample.stage.SampleBatch, vLLM with prefix caching): each turn's prompt prefilled
   into the prefix cache, one teacher-forced pass over the gold answers with prompt_logprobs
   (log-probs only from the gold's first token on), then every branch (gold prefix +
   alternative token) completed in one batch on the cached prompt + prefix;
@@ -34,7 +34,7 @@ MODEL = "smollm2-135m-instruct"
 
 
 def turns(n: int) -> list[dict]:
-    from ttpa_ray.tools import bundled_catalog
+    from ttpa_ray.tools.catalog import bundled_catalog
     from ttpa_ray.tools.sandbox import Sandbox
 
     tools = [t for t in bundled_catalog() if t.examples]
@@ -63,7 +63,7 @@ def worker_tps(n_turns: int, max_tokens: int, out: Path, max_branches: int, bloc
     import numpy as np
 
     from ttpa_ray.config import SampleConfig
-    from ttpa_ray.sample import SampleBatch
+    from ttpa_ray.sample.stage import SampleBatch
 
     rows = turns(n_turns)
     batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
@@ -86,7 +86,7 @@ def worker_tps(n_turns: int, max_tokens: int, out: Path, max_branches: int, bloc
 
 
 def worker_naive(max_tokens: int, inp: Path, block_size: int) -> dict:
-    from ttpa_ray.engines import build_engine
+    from ttpa_ray.engines.build import build_engine
     from ttpa_ray.config import EngineConfig
     from ttpa_ray.engines.base import SamplingParams
 

@@ -9,10 +9,10 @@ clipping 1.0), dropout off, no gradient checkpointing. Each step sees the same p
 side: the data set *is* one batch, so every optimizer step trains on exactly the same token ids
 everywhere (and the per-step losses of the two trainers can be compared).
 
-- **ours**: :func:`ttpa_ray.train.run_steps` with :class:`ttpa_ray.train_engine.Policy`
+- **ours**: :func:`ttpa_ray.train.stage.run_steps` with :class:`ttpa_ray.train.policy.Policy`
   (DeepSpeed ZeRO-0, a 1-process gloo group, as Ray Train would give one worker). Reference
   log-probs are precomputed (our design: the reference stage, before training); that pass
-  (:class:`ttpa_ray.reference.ReferenceBatch`) is timed on its own, per pair.
+  (:class:`ttpa_ray.train.reference.ReferenceBatch`) is timed on its own, per pair.
 - **trl**: ``DPOTrainer`` fed the same ids: a data set with the columns its collator reads
   (``prompt_ids``, ``chosen_ids``, ``rejected_ids``); its ``_prepare_dataset`` (which only
   tokenizes text) is skipped, checked by comparing the ids it trains on. TRL default (the
@@ -29,7 +29,7 @@ one argument value changed, so it shares the prefix up to ``divergence_index``; 
 ``memory`` (SmolLM2, 2 Ray Train workers, ZeRO-0 vs ZeRO-3 through ``run_train``, fp32 and
 bf16: the peak bytes of live tensors per rank during the last step (parameters, gradients,
 optimizer states and activations it touches), the CPU
-counterpart of torch.cuda.max_memory_allocated (ttpa_ray/memory_profile.py), the live tensors
+counterpart of torch.cuda.max_memory_allocated (ttpa_ray/train/memory_profile.py), the live tensors
 between steps (the model states ZeRO partitions), and RSS per rank from metrics.jsonl) on the
 ``long`` pairs; ``memory_short`` the same on those pairs cut to their last 64 prompt tokens
 (activations small next to the model states, as with a large model); ``memory_ckpt`` the
@@ -91,8 +91,8 @@ def long_pairs(model_dir: Path, n: int, prompt_tokens: tuple[int, int] = (500, 7
     argument value changed (a branch inside the call, then a different continuation)."""
     from transformers import AutoTokenizer
 
-    from ttpa_ray.tools import bundled_catalog
-    from ttpa_ray.tps import first_difference
+    from ttpa_ray.tools.catalog import bundled_catalog
+    from ttpa_ray.sample.tps import first_difference
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tools = [t for t in bundled_catalog() if t.examples and len(t.examples[0]) >= 2]
@@ -173,10 +173,10 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from ttpa_ray.config import TrainConfig
-    from ttpa_ray.models import resolve
-    from ttpa_ray.reference import ReferenceBatch
-    from ttpa_ray.train import COLUMNS, run_steps
-    from ttpa_ray.train_engine import Policy
+    from ttpa_ray.models.registry import resolve
+    from ttpa_ray.train.reference import ReferenceBatch
+    from ttpa_ray.train.stage import COLUMNS, run_steps
+    from ttpa_ray.train.policy import Policy
 
     model_dir = resolve(spec["model"])
     rows, B, warmup, steps = spec["pairs"], spec["batch"], spec["warmup"], spec["steps"]
@@ -228,7 +228,7 @@ def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     model_dir = resolve(spec["model"])
     rows, B, warmup, steps = spec["pairs"], spec["batch"], spec["warmup"], spec["steps"]
@@ -302,10 +302,10 @@ def worker_memory(spec: dict[str, Any], zero: int, dtype: str = "float32") -> di
     import ray
 
     from ttpa_ray.config import TrainConfig
-    from ttpa_ray.models import resolve
-    from ttpa_ray.reference import ReferenceBatch
+    from ttpa_ray.models.registry import resolve
+    from ttpa_ray.train.reference import ReferenceBatch
     from ttpa_ray.runtime import init_ray
-    from ttpa_ray.train import PROFILE_ENV, run_train
+    from ttpa_ray.train.stage import PROFILE_ENV, run_train
 
     rows, steps = spec["pairs"], spec["steps"]
     model_dir = resolve(spec["model"])
@@ -326,8 +326,8 @@ def worker_memory(spec: dict[str, Any], zero: int, dtype: str = "float32") -> di
             import torch  # noqa: F401
             import transformers.models.llama.modeling_llama  # noqa: F401
 
-            import ttpa_ray.train  # noqa: F401
-            import ttpa_ray.train_engine  # noqa: F401
+            import ttpa_ray.train.stage  # noqa: F401
+            import ttpa_ray.train.policy  # noqa: F401
 
             return psutil.Process().memory_info().rss / 2**20
 
@@ -503,7 +503,7 @@ def _compare(ours: dict[str, Any], trl: dict[str, Any], trl_pre: dict[str, Any] 
 
 
 def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     c = CASES[name]
     steps = c["warmup"] + (c["quick_steps"] if quick else c["steps"])
@@ -533,11 +533,11 @@ def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
 def _memory_case(quick: bool, tmp: Path, prompt_tokens: int | None = None,
                  gradient_checkpointing: bool = False) -> dict[str, Any]:
     """ZeRO-0 vs ZeRO-3 at 2 workers, in fp32 (the CPU default here) and bf16 (the GPU recipe's
-    dtype): the peak bytes of live tensors per rank (ttpa_ray/memory_profile.py: the CPU
+    dtype): the peak bytes of live tensors per rank (ttpa_ray/train/memory_profile.py: the CPU
     counterpart of torch.cuda.max_memory_allocated, during the last step), the live tensors
     between steps (the model states ZeRO partitions) and RSS. ``prompt_tokens``: keep only the
     last N prompt tokens of each pair (activations small next to the model states)."""
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     rows = long_pairs(resolve("smollm2-135m-instruct"), 2)
     if prompt_tokens:
@@ -650,8 +650,8 @@ def main() -> None:
         "common": f"1 worker, fp32, sigmoid DPO beta={BETA}, torch AdamW lr={LR} (constant, no weight decay), "
                   "grad clipping 1.0, dropout off, no gradient checkpointing, torch threads = all cores; the data set "
                   "is one batch, so every step trains on the same token ids on every side",
-        "ours": "ttpa_ray.train.run_steps + Policy (DeepSpeed ZeRO-0, 1-process gloo group), shared-prefix forward "
-                "(ttpa_ray.pair_forward); reference log-probs PRECOMPUTED before training by design (the reference "
+        "ours": "ttpa_ray.train.stage.run_steps + Policy (DeepSpeed ZeRO-0, 1-process gloo group), shared-prefix forward "
+                "(ttpa_ray.train.pair_forward); reference log-probs PRECOMPUTED before training by design (the reference "
                 "stage): not in the step time, its cost is reference_seconds_per_pair.ours_reference_pass",
         "trl": "trl DPOTrainer (1.16) with use_cpu=True, report_to=none, optim=adamw_torch (TRL's default is "
                "adamw_torch_fused), max_length=None, gradient_checkpointing=False, bf16=False, logging_steps=1, fed "

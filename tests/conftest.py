@@ -18,14 +18,14 @@ setup_env()
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     return resolve("tiny-random")
 
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     return resolve("smollm2-135m-instruct")
 

@@ -185,7 +185,7 @@ def _kept_calls_validate_and_execute(kept: list[dict]) -> None:
     """Every gold call of a kept instance validates against its schema and executes."""
     import jsonschema
 
-    from ttpa_ray.tools import bundled_catalog
+    from ttpa_ray.tools.catalog import bundled_catalog
     from ttpa_ray.tools.sandbox import Sandbox
 
     catalog = {t.name: t for t in bundled_catalog()}

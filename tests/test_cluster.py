@@ -27,7 +27,7 @@ def _nodes(cluster) -> set[str]:
 def test_scoring_pool_spreads_over_two_nodes_and_keeps_every_row(ray_two_nodes):
     import ray
 
-    from ttpa_ray.score_stage import score_dataset
+    from ttpa_ray.score.stage import score_dataset
 
     rows = []
     for i in range(300):
@@ -55,7 +55,7 @@ def test_killed_generator_actor_is_replaced_and_every_row_accounted(ray_two_node
     itself after the scenario step (faults.KILL_ENGINE_ACTOR). Ray Data restarts it and
     retries the batch."""
     from ttpa_ray import faults
-    from ttpa_ray.construct import run_construct
+    from ttpa_ray.construct.stage import run_construct
 
     marker = tmp_path / "engine-killed"
     monkeypatch.setenv(faults.KILL_ENGINE_ACTOR, str(marker))

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from ttpa_ray import construct_steps as steps
+from ttpa_ray.construct import steps
 from ttpa_ray.toolcall import load_tool
 
 WEATHER = load_tool({"name": "get_weather", "description": "Weather.", "parameters": {"type": "object", "properties": {

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["ttpa_ray.toolcall", "ttpa_ray.score", "ttpa_ray.tps", "ttpa_ray.losses"])
+@pytest.mark.parametrize("name", ["ttpa_ray.toolcall", "ttpa_ray.score.esm", "ttpa_ray.sample.tps", "ttpa_ray.train.losses"])
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name))
     assert result.attempted > 0 and result.failed == 0

@@ -147,7 +147,7 @@ def http_server(tiny_model):
 
 
 def test_openai_backend_against_local_http_server(http_server, tiny_model, monkeypatch):
-    from ttpa_ray.engines import build_engine
+    from ttpa_ray.engines.build import build_engine
     from ttpa_ray.engines.hf import HFEngine
 
     monkeypatch.setenv("TTPA_TEST_KEY", "secret-not-logged")
@@ -174,7 +174,7 @@ def test_openai_backend_against_local_http_server(http_server, tiny_model, monke
 
 
 def test_openai_backend_missing_key_env_is_clear(monkeypatch):
-    from ttpa_ray.engines import build_engine
+    from ttpa_ray.engines.build import build_engine
 
     monkeypatch.delenv("TTPA_NO_SUCH_KEY", raising=False)
     with pytest.raises(RuntimeError, match="TTPA_NO_SUCH_KEY, but that environment variable is not set"):

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ttpa_ray import evaluate_metrics as em
+from ttpa_ray.evaluate import metrics as em
 from ttpa_ray.config import EngineConfig, EvaluateConfig, JobConfig, ScoreConfig
 from ttpa_ray.engines.base import Completion, Generation, SamplingParams
-from ttpa_ray.score import esm_score
+from ttpa_ray.score.esm import esm_score
 
 WEATHER = {"type": "function", "function": {
     "name": "get_current_weather", "description": "Weather for a city.",
@@ -153,7 +153,7 @@ def test_held_out_and_episode_rows():
 
 
 def test_bfcl_rows_prompt_tools_use_json_schema_types():
-    from ttpa_ray.bfcl import load_category
+    from ttpa_ray.evaluate.bfcl import load_category
 
     entry = load_category("simple_python")[0]
     row = em.bfcl_row(entry, "simple")
@@ -180,7 +180,7 @@ def test_judge_episode_reasons():
 
 
 def test_read_instances_skips_with_a_reason(tmp_path: Path):
-    from ttpa_ray.evaluate import _read_instances
+    from ttpa_ray.evaluate.stage import _read_instances
 
     assert _read_instances(None) == ([], "no instances given")
     rows, why = _read_instances(tmp_path / "instances.parquet")
@@ -231,8 +231,8 @@ class ScriptedEngine:
 def test_episode_loop_runs_tools_in_the_sandbox():
     import numpy as np
 
-    from ttpa_ray.evaluate import EvalBatch
-    from ttpa_ray.tools import bundled_catalog
+    from ttpa_ray.evaluate.stage import EvalBatch
+    from ttpa_ray.tools.catalog import bundled_catalog
 
     loop = EvalBatch.__new__(EvalBatch)   # the Ray actor's loop, with a scripted engine
     loop.engine, loop.params, loop.sandbox = ScriptedEngine(), SamplingParams(max_tokens=16), None
@@ -268,7 +268,7 @@ def test_episode_loop_runs_tools_in_the_sandbox():
 
 
 def _write_instances(path: Path) -> Path:
-    from ttpa_ray.tools import bundled_catalog
+    from ttpa_ray.tools.catalog import bundled_catalog
     from ttpa_ray.tools.sandbox import Sandbox
 
     tool = next(t for t in bundled_catalog() if t.name == "get_current_weather")
@@ -286,7 +286,7 @@ def _write_instances(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_run_evaluate_tiny_random_accounts_for_every_row(tiny_model, ray_local, tmp_path: Path):
-    from ttpa_ray.evaluate import run_evaluate
+    from ttpa_ray.evaluate.stage import run_evaluate
 
     engine = EngineConfig(backend="vllm", model="smollm2-135m-instruct", dtype="float32", max_model_len=2048,
                           pool={"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "batch_size": 2})

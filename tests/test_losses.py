@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ttpa_ray.losses import LOSSES, divergence_weights, dpo_loss, sequence_logps
+from ttpa_ray.train.losses import LOSSES, divergence_weights, dpo_loss, sequence_logps
 
 
 def _rand(n=16, seed=0):

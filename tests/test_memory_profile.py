@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttpa_ray.memory_profile import TensorMemoryProfile
+from ttpa_ray.train.memory_profile import TensorMemoryProfile
 
 
 def test_cpu_peak_counts_live_tensors_not_freed_ones():

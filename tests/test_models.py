@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ttpa_ray.models import ModelError, resolve
+from ttpa_ray.models.registry import ModelError, resolve
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
                                            "parameters": {"type": "object",

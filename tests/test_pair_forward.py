@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from ttpa_ray.pair_forward import PairBatch, collate_pairs, naive_pair_logps, pair_logps
+from ttpa_ray.train.pair_forward import PairBatch, collate_pairs, naive_pair_logps, pair_logps
 
 EOS = 2
 TOL = 1e-5

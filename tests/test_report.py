@@ -1,10 +1,10 @@
-"""The run report (ttpa_ray/report.py) on fabricated run folders in the real file formats:
+"""The run report (ttpa_ray/report/build.py) on fabricated run folders in the real file formats:
 the tables hold the numbers the stages wrote, the PNGs are real images, the HTML is
 self-contained, missing stages become "not run" notes, variants sit beside the main run,
 and the page renders in headless Chromium (every image loaded, a non-blank screenshot).
 
 No Ray: the evaluate metrics are made by the real pure functions of
-:mod:`ttpa_ray.evaluate_metrics` from fabricated scored rows, like the evaluate stage does.
+:mod:`ttpa_ray.evaluate.metrics` from fabricated scored rows, like the evaluate stage does.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ttpa_ray import evaluate_metrics as em
+from ttpa_ray.evaluate import metrics as em
 from ttpa_ray import pipeline
 from ttpa_ray.config import validate_job
-from ttpa_ray.report import read_run, write_report
-from ttpa_ray.report_plots import grouped_bars_figure  # noqa
-from ttpa_ray.score import ERROR_CODES
+from ttpa_ray.report.build import read_run, write_report
+from ttpa_ray.report.render import grouped_bars_figure  # noqa
+from ttpa_ray.score.esm import ERROR_CODES
 
 # --------------------------------------------------------------------------- a fabricated run
 
@@ -125,7 +125,7 @@ def make_run(root: Path, name: str = "fake", train: bool = True, evaluate: bool 
 
 
 def test_tables_hold_the_runs_numbers(tmp_path: Path):
-    from ttpa_ray.report import build_report
+    from ttpa_ray.report.build import build_report
 
     run = make_run(tmp_path)
     tables = build_report(read_run(run)).tables()
@@ -199,7 +199,7 @@ def test_missing_stages_are_not_run_notes(tmp_path: Path):
 
 
 def test_variants_side_by_side(tmp_path: Path):
-    from ttpa_ray.report import build_report
+    from ttpa_ray.report.build import build_report
 
     main = make_run(tmp_path, "tps")
     other = make_run(tmp_path, "nsample", trained_simple_valid=2, losses=(0.6931, 0.6))
@@ -221,7 +221,7 @@ def test_variants_side_by_side(tmp_path: Path):
 def test_job_variants_are_shown_beside_the_base(tmp_path: Path):
     """A job with variants (as the pipeline lays it out): the parent holds probe, construct and
     the base evaluation; each variant its own sample -> evaluate, construct linked to the parent's."""
-    from ttpa_ray.report import build_report
+    from ttpa_ray.report.build import build_report
 
     parent = make_run(tmp_path, "cmp", variants=("tps", "nsample"))
     shutil.rmtree(parent / "variants" / "nsample" / "evaluate")  # e.g. interrupted before evaluating

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def _instances(path: Path, n: int = 6) -> Path:
     """Deterministic instances from catalog examples: query -> gold call -> result -> answer."""
-    from ttpa_ray.tools import bundled_catalog
+    from ttpa_ray.tools.catalog import bundled_catalog
     from ttpa_ray.tools.sandbox import Sandbox
 
     queries = {"get_current_weather": "What's the weather like in {city} right now?",
@@ -49,7 +49,7 @@ def _instances(path: Path, n: int = 6) -> Path:
 
 @pytest.fixture(scope="module")
 def tps_run(smollm2, ray_local, tmp_path_factory):
-    from ttpa_ray.sample import run_sample
+    from ttpa_ray.sample.stage import run_sample
 
     root = tmp_path_factory.mktemp("tps")
     target = EngineConfig(backend="vllm", model="smollm2-135m-instruct", dtype="float32", max_model_len=4096,
@@ -62,7 +62,7 @@ def tps_run(smollm2, ray_local, tmp_path_factory):
 def test_tps_pairs_share_prefix_and_differ_at_divergence(tps_run):
     from transformers import AutoTokenizer
 
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     counts, out, _ = tps_run
     assert counts["turns"] == 6 and counts["candidates"] > 0 and counts["pairs"] > 0, counts
@@ -106,7 +106,7 @@ def test_trl_export_runs_one_dpo_step(tps_run, tiny_model, tmp_path):
 
 
 def test_nsample_mode(smollm2, ray_local, tmp_path):
-    from ttpa_ray.sample import run_sample
+    from ttpa_ray.sample.stage import run_sample
 
     target = EngineConfig(backend="vllm", model="smollm2-135m-instruct", dtype="float32", max_model_len=4096,
                           pool={"min_actors": 1, "max_actors": 1, "num_cpus": 1, "batch_size": 8})

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from ttpa_ray.bfcl import CATEGORIES, load_category
-from ttpa_ray.score import esm_score
+from ttpa_ray.evaluate.bfcl import CATEGORIES, load_category
+from ttpa_ray.score.esm import esm_score
 from ttpa_ray.toolcall import load_tools
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ttpa_ray.score import ESMWeights, esm_score
+from ttpa_ray.score.esm import ESMWeights, esm_score
 from ttpa_ray.toolcall import parse_calls, render_calls
 
 TOOLS = [{"name": "book", "parameters": {"type": "object", "properties": {

@@ -50,8 +50,8 @@ def test_score_calls_cli_contract(tmp_path: Path):
 
 
 def test_execution_check_compares_results_in_the_sandbox():
-    from ttpa_ray.score_stage import ScoreBatch
-    from ttpa_ray.tools import bundled_catalog
+    from ttpa_ray.score.stage import ScoreBatch
+    from ttpa_ray.tools.catalog import bundled_catalog
 
     tool = next(t for t in bundled_catalog() if t.name == "convert_temperature")
     args = dict(tool.examples[0])

@@ -22,7 +22,7 @@ import pytest
 
 from ttpa_ray.config import ConfigError, load_job, validate_job
 from ttpa_ray.paths import allowed_roots
-from ttpa_ray.engines import build_engine
+from ttpa_ray.engines.build import build_engine
 from ttpa_ray.engines.base import SamplingParams
 from test_sandbox import assert_healthy, call
 from ttpa_ray.tools.sandbox import Sandbox, SandboxConfig, ToolResult

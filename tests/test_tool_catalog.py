@@ -19,8 +19,8 @@ import jsonschema
 import pytest
 
 from ttpa_ray.toolcall import load_tools
-from ttpa_ray.tools import Tool, bundled_catalog
-from ttpa_ray.tools.catalog import CATALOG, call_tool, resolve_impl
+from ttpa_ray.tools.catalog import Tool, bundled_catalog
+from ttpa_ray.tools.bundled import CATALOG, call_tool, resolve_impl
 
 BY_NAME = {t.name: t for t in CATALOG}
 EXAMPLES = [pytest.param(t, ex, id=f"{t.name}-{i}") for t in CATALOG for i, ex in enumerate(t.examples)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ttpa_ray import tps
+from ttpa_ray.sample import tps
 
 GOLD = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 3, '
         '"opts": {"unit": "c"}}}\n</tool_call>')

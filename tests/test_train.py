@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import actor_nodes
 
-from ttpa_ray import train_plan as plan
+from ttpa_ray.train import plan
 from ttpa_ray.config import ConfigError, TrainConfig, validate_job
 from ttpa_ray.synthetic import synthetic_pairs
 
@@ -103,7 +103,7 @@ def process_group():
 def pairs_with_ref(tiny_model, tmp_path_factory):
     """Synthetic pairs with reference log-probs from the starting model (computed in-process
     with the same forward the reference stage's actors use)."""
-    from ttpa_ray.reference import ReferenceBatch
+    from ttpa_ray.train.reference import ReferenceBatch
 
     rows = synthetic_pairs(16, 500)
     ref = ReferenceBatch(str(tiny_model), "float32", prefix_weight=1.0, batch_size=4)
@@ -115,8 +115,8 @@ def pairs_with_ref(tiny_model, tmp_path_factory):
 
 
 def _run_local(tiny_model, pairs, steps, **overrides):
-    from ttpa_ray.train import _prepare_pairs, run_steps
-    from ttpa_ray.train_engine import Policy
+    from ttpa_ray.train.stage import _prepare_pairs, run_steps
+    from ttpa_ray.train.policy import Policy
 
     cfg = TrainConfig(**{"learning_rate": 1e-3, "max_steps": steps} | overrides)
     table, _ = _prepare_pairs(pairs, cfg)
@@ -186,7 +186,7 @@ def ray_runs(tiny_model, pairs_with_ref, process_group, ray_two_nodes, tmp_path_
     worker's loop in this process), and two Ray Train runs with 2 workers spread over a
     two-node cluster: ZeRO-3, and ZeRO-2 whose last rank is SIGKILLed after step 3
     (checkpoints every 2 steps, max_failures 1)."""
-    from ttpa_ray.train import FAULT_ENV, PROFILE_ENV, run_train
+    from ttpa_ray.train.stage import FAULT_ENV, PROFILE_ENV, run_train
 
     base = dict(learning_rate=1e-3, epochs=2, max_steps=6, checkpoint_every=2, cpus_per_worker=0.5,
                 lr_scheduler="constant", warmup_ratio=0.0)
@@ -260,7 +260,7 @@ def test_zero3_export_is_a_consolidated_hf_model(ray_runs, tiny_model):
 
     counts, _, out, _ = ray_runs["zero3"]
     model = out / "model"
-    # Memory diagnostics (ttpa_ray/memory_profile.py) from both ranks: each held at least its
+    # Memory diagnostics (ttpa_ray/train/memory_profile.py) from both ranks: each held at least its
     # half of the fp32 weights and AdamW's two moments (1.5x the weights' bytes).
     weights_mb = sum(p.numel() * 4 for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters()) / 2**20
     peaks = counts["peak_tensor_mb_per_rank"]
@@ -286,8 +286,8 @@ def test_loss_equals_trl_dpotrainer_on_the_same_tokens(tiny_model, loss_type, tm
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from ttpa_ray.losses import dpo_loss, sft_loss
-    from ttpa_ray.pair_forward import collate_pairs, pair_logps
+    from ttpa_ray.train.losses import dpo_loss, sft_loss
+    from ttpa_ray.train.pair_forward import collate_pairs, pair_logps
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64)

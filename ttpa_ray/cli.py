@@ -81,7 +81,7 @@ def _stage(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     if not args.model:
         return _stage(args)
-    from ttpa_ray.evaluate import run_evaluate
+    from ttpa_ray.evaluate.stage import run_evaluate
     from ttpa_ray.runtime import init_ray
 
     job = load_job(args.job, args.overrides)
@@ -97,7 +97,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """(Re)build the report from a finished (or partial) run folder; no Ray."""
-    from ttpa_ray.report import write_report
+    from ttpa_ray.report.build import write_report
 
     source = Path(args.job)
     if source.is_dir() and args.overrides:
@@ -116,7 +116,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from ttpa_ray.models import BUNDLED, prepared_path, resolve
+    from ttpa_ray.models.registry import BUNDLED, prepared_path, resolve
 
     if args.action == "list":
         for name in BUNDLED:
@@ -132,7 +132,7 @@ def _models(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from ttpa_ray.config import EngineConfig
-    from ttpa_ray.engines import build_engine
+    from ttpa_ray.engines.build import build_engine
     from ttpa_ray.engines.server import serve
 
     engine = build_engine(EngineConfig(backend=args.backend, model=args.model, dtype=args.dtype))
@@ -146,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _score_calls(args: argparse.Namespace) -> int:
-    from ttpa_ray.score_stage import score_jsonl
+    from ttpa_ray.score.stage import score_jsonl
 
     counts = score_jsonl(args.input, args.output)
     print(f"scored {counts['scored']} of {counts['lines']} lines ({counts['valid']} valid); "

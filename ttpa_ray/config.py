@@ -340,7 +340,7 @@ class TrainConfig(Section):
 
 class EvaluateConfig(Section):
     """Evaluation of one model (the target, or a trained checkpoint) on BFCL's AST categories
-    and on a held-out split of the constructed instances (see ``ttpa_ray/evaluate.py``)."""
+    and on a held-out split of the constructed instances (see ``ttpa_ray/evaluate/stage.py``)."""
 
     enabled: bool = True
     categories: list[Literal["simple", "multiple", "parallel", "parallel_multiple", "irrelevance"]] = Field(
@@ -361,7 +361,7 @@ class EvaluateConfig(Section):
 
 class ReportConfig(Section):
     """The run report: one self-contained HTML page and Markdown with tables and plots
-    (``<run_dir>/report/``, see ``ttpa_ray/report.py``); ``ttpa report JOB`` rebuilds it."""
+    (``<run_dir>/report/``, see ``ttpa_ray/report/build.py``); ``ttpa report JOB`` rebuilds it."""
 
     enabled: bool = True
 

@@ -34,7 +34,7 @@ def _check(label: str, code: str, timeout: int = 300) -> bool:
 
 VLLM_CHECK = """
 from ttpa_ray.runtime import setup_env; setup_env()
-from ttpa_ray.models import resolve
+from ttpa_ray.models.registry import resolve
 from ttpa_ray.engines.vllm_engine import VLLMEngine
 from ttpa_ray.engines.base import SamplingParams
 if __name__ == "__main__":

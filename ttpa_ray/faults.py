@@ -5,7 +5,7 @@ Set on the driver, before the stage starts; the stage passes the marker path to 
 
     TTPA_FAULT_KILL_ENGINE_ACTOR=/tmp/drill/engine  ttpa construct jobs/tiny-cpu.yaml
 
-The training worker fault (kill a rank after step N) lives in :mod:`ttpa_ray.train`.
+The training worker fault (kill a rank after step N) lives in :mod:`ttpa_ray.train.stage`.
 """
 
 from __future__ import annotations

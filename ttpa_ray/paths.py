@@ -25,7 +25,7 @@ def allowed_roots(job: JobConfig) -> list[Path]:
 
 def _is_model_path(name: str) -> bool:
     """As ``models.resolve`` decides: a bundled name is not a path; an existing file or a name with '/' is."""
-    from ttpa_ray.models import BUNDLED
+    from ttpa_ray.models.registry import BUNDLED
 
     return name not in BUNDLED and ("/" in name or Path(name).expanduser().exists())
 

@@ -29,19 +29,19 @@ MANIFEST = "manifest.json"
 
 
 def _probe(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
-    from ttpa_ray.probe import run_probe
+    from ttpa_ray.probe.stage import run_probe
 
     return run_probe(job.probe, job.target, out, seed=job.seed)
 
 
 def _construct(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
-    from ttpa_ray.construct import run_construct
+    from ttpa_ray.construct.stage import run_construct
 
     return run_construct(job.construct, out, seed=job.seed)
 
 
 def _sample(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
-    from ttpa_ray.sample import run_sample
+    from ttpa_ray.sample.stage import run_sample
 
     instances = job.run_dir / "construct" / "instances.parquet"
     if not instances.is_file():
@@ -67,8 +67,8 @@ def _start_model(job: JobConfig) -> str:
 
 
 def _reference(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
-    from ttpa_ray.reference import run_reference
-    from ttpa_ray.train_engine import resolve_dtype
+    from ttpa_ray.train.reference import run_reference
+    from ttpa_ray.train.policy import resolve_dtype
 
     dtype = str(resolve_dtype(job.train, job.train.use_gpu)).removeprefix("torch.")
     return run_reference(job.reference, _start_model(job), dtype, job.train.prefix_weight,
@@ -76,7 +76,7 @@ def _reference(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
 
 
 def _train(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
-    from ttpa_ray.train import run_train
+    from ttpa_ray.train.stage import run_train
 
     return run_train(job.train, _start_model(job), _upstream_file(job, "reference", "pairs.parquet"), out,
                      seed=job.seed, resume=resume)
@@ -92,7 +92,7 @@ def evaluate_models(job: JobConfig) -> dict[str, str]:
 
 
 def _evaluate(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
-    from ttpa_ray.evaluate import run_evaluate
+    from ttpa_ray.evaluate.stage import run_evaluate
 
     instances = job.run_dir / "construct" / "instances.parquet"
     results = {}
@@ -103,7 +103,7 @@ def _evaluate(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
 
 
 def _report(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
-    from ttpa_ray.report import write_report
+    from ttpa_ray.report.build import write_report
 
     return write_report(job.run_dir, out=out)
 

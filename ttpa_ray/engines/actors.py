@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ttpa_ray.config import EngineConfig, PoolConfig
-from ttpa_ray.engines import build_engine
+from ttpa_ray.engines.build import build_engine
 from ttpa_ray.engines.base import Generation, SamplingParams
 
 

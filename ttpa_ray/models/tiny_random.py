@@ -24,7 +24,7 @@ WORDS = (
 
 
 def _corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
-    from ttpa_ray.models import tool_chat_template
+    from ttpa_ray.models.registry import tool_chat_template
 
     rng = random.Random(seed)
     lines = [tool_chat_template()]
@@ -43,7 +43,7 @@ def build(out: Path) -> dict:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    from ttpa_ray.models import tool_chat_template
+    from ttpa_ray.models.registry import tool_chat_template
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -1,74 +1,121 @@
-"""The bundled catalog of executable tools: :data:`CATALOG`, built at import.
+"""Tool catalogs: the bundled executable catalog and user catalogs.
 
-Tools span weather, travel, finance, calendar, units, math, search and recipes. Their schemas
-and examples live next to their implementations (``SPECS`` at the end of each module of
-:mod:`ttpa_ray.tools.impl`); this module validates them with :func:`ttpa_ray.toolcall.load_tool`
-and wraps them as :class:`~ttpa_ray.tools.Tool`. Implementations are deterministic, read only
-bundled data (``ttpa_ray/tools/data``), and raise ``ValueError`` on bad arguments.
+A :class:`Tool` is an OpenAI function schema plus, when it can run for real, the import
+path of a deterministic Python implementation (``"package.module:function"``, called with
+the call's arguments as keyword arguments, returning JSON-serialisable data). Tools without
+an implementation get results simulated by the generator model (marked in the data).
 
-    from ttpa_ray.tools.catalog import CATALOG, call_tool
-    tool = next(t for t in CATALOG if t.name == "convert_currency")
-    call_tool(tool, {"amount": 300, "from_currency": "EUR", "to_currency": "JPY"})
+    tools = bundled_catalog()                       # executable, bundled data, no network
+    tools = load_catalog("my_tools.jsonl")          # OpenAI-schema JSON / JSONL
+    tools = load_catalog("toolbench/tools/")        # ToolBench-style folder of JSON files
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from collections.abc import Callable
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ttpa_ray.toolcall import SchemaError, load_tool
-from ttpa_ray.tools import Tool
-
-DOMAIN_MODULES = ("weather", "travel", "transport", "finance", "calendar", "units", "mathstats", "search", "recipes")
+from ttpa_ray.toolcall import SchemaError, ToolSchema, load_tool
 
 
-def resolve_impl(impl: str) -> Callable[..., Any]:
-    """``"package.module:function"`` -> the function (ValueError if it cannot be found)."""
-    module, sep, name = impl.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"impl {impl!r} must look like 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"impl {impl!r} cannot be imported: {exc}") from None
-    if not callable(fn):
-        raise ValueError(f"impl {impl!r} is not callable")
-    return fn  # type: ignore[no-any-return]
+@dataclass(frozen=True)
+class Tool:
+    schema: ToolSchema
+    domain: str = "general"
+    impl: str | None = None
+    """``"module:function"`` of a deterministic implementation, or None (simulated)."""
+    examples: tuple[dict[str, Any], ...] = field(default=())
+    """Argument dicts known to execute successfully (few-shot examples and tests)."""
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+    @property
+    def executable(self) -> bool:
+        return self.impl is not None
+
+    def openai(self) -> dict[str, Any]:
+        return self.schema.openai()
 
 
-def call_tool(tool: Tool, arguments: dict[str, Any]) -> Any:
-    """Run an executable tool in-process with keyword arguments (no sandbox, no timeout).
-    Missing or unknown arguments raise ValueError, like every other bad input."""
-    if tool.impl is None:
-        raise ValueError(f"tool {tool.name!r} has no implementation")
-    if not isinstance(arguments, dict):
-        raise ValueError(f"arguments of {tool.name!r} must be an object, got {type(arguments).__name__}")
-    fn = resolve_impl(tool.impl)
-    try:
-        inspect.signature(fn).bind(**arguments)
-    except TypeError as exc:
-        raise ValueError(f"bad arguments for {tool.name}: {exc}") from None
-    return fn(**arguments)
+def bundled_catalog() -> list[Tool]:
+    """The executable catalog shipped with ttpa_ray (see ``ttpa_ray/tools/catalog.py``)."""
+    from ttpa_ray.tools.bundled import CATALOG
+
+    return list(CATALOG)
 
 
-def _build() -> list[Tool]:
-    tools: list[Tool] = []
-    for mod in DOMAIN_MODULES:
-        for spec in importlib.import_module(f"ttpa_ray.tools.impl.{mod}").SPECS:
-            schema = load_tool(spec["schema"], len(tools))
-            resolve_impl(spec["impl"])
-            tools.append(Tool(schema=schema, domain=spec["domain"], impl=spec["impl"],
-                              examples=tuple(dict(e) for e in spec["examples"])))
+def _tools_from_obj(obj: Any, where: str, domain: str) -> list[Tool]:
+    items = obj if isinstance(obj, list) else obj.get("tools", obj.get("api_list")) if isinstance(obj, dict) else None
+    if isinstance(obj, dict) and items is None:
+        items = [obj]
+    if not isinstance(items, list):
+        raise SchemaError(f"{where}: expected a tool, a list of tools, or {{\"tools\": [...]}}")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            if isinstance(item, dict) and "api_name" in item:  # ToolBench api_list entry
+                item = _from_toolbench(item)
+            out.append(Tool(schema=load_tool(item, i), domain=domain))
+        except SchemaError as exc:
+            raise SchemaError(f"{where}: {exc}") from None
+    return out
+
+
+def _from_toolbench(api: dict[str, Any]) -> dict[str, Any]:
+    """ToolBench ``api_list`` entry -> OpenAI bare form (its parameters are lists of dicts)."""
+    props: dict[str, Any] = {}
+    required = []
+    for kind in ("required_parameters", "optional_parameters"):
+        for p in api.get(kind) or []:
+            t = str(p.get("type", "string")).lower()
+            props[p["name"]] = {"type": {"str": "string", "number": "number", "int": "integer", "integer": "integer",
+                                         "boolean": "boolean", "bool": "boolean", "array": "array",
+                                         "object": "object"}.get(t, "string"),
+                                "description": str(p.get("description", ""))}
+            if kind == "required_parameters":
+                required.append(p["name"])
+    name = "".join(c if c.isalnum() else "_" for c in api["api_name"]).strip("_").lower() or "api"
+    return {"name": name, "description": api.get("api_description") or "",
+            "parameters": {"type": "object", "properties": props, "required": required}}
+
+
+def load_catalog(path: str | Path) -> list[Tool]:
+    """User tools from a JSON file, a JSONL file (one tool per line) or a folder of JSON files
+    (ToolBench layout: one file per API provider with an ``api_list``; the folder name of a
+    file is its domain). Every problem names the file (and line)."""
+    path = Path(path)
+    if path.is_dir():
+        tools = []
+        for f in sorted(path.rglob("*.json")):
+            tools.extend(_tools_from_obj(_read_json(f), str(f), f.parent.name))
+    elif path.suffix == ".jsonl":
+        tools = []
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SchemaError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+                tools.extend(_tools_from_obj(obj, f"{path}:{n}", path.stem))
+    elif path.is_file():
+        tools = _tools_from_obj(_read_json(path), str(path), path.stem)
+    else:
+        raise SchemaError(f"tool catalog {path} does not exist")
     names = [t.name for t in tools]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise SchemaError(f"bundled catalog has duplicate tool names: {dupes}")
+        raise SchemaError(f"{path}: duplicate tool names {dupes}")
+    if not tools:
+        raise SchemaError(f"{path}: no tools found")
     return tools
 
 
-CATALOG: list[Tool] = _build()
-"""Every bundled tool, in domain order."""
-
-DOMAINS: tuple[str, ...] = tuple(dict.fromkeys(t.domain for t in CATALOG))
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None

@@ -1,7 +1,7 @@
 """Small builders for the JSON Schemas of the bundled tools.
 
 Each domain module ends with ``SPECS``: one :func:`spec` per tool, so a tool's schema sits
-next to its implementation. ``ttpa_ray.tools.catalog`` turns the specs into ``Tool`` objects.
+next to its implementation. ``ttpa_ray.tools.bundled`` turns the specs into ``Tool`` objects.
 """
 
 from __future__ import annotations

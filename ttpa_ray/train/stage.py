@@ -3,9 +3,9 @@
 Input: ``reference/pairs.parquet`` (pairs with reference log-probs, computed once by the
 reference stage: no reference model is held here). Each worker reads the pairs through
 ``ray.train.get_dataset_shard`` (every worker sees all pairs and takes its share of each global
-batch, see :mod:`ttpa_ray.train_plan`), runs the shared-prefix forward
-(:mod:`ttpa_ray.pair_forward`) and the DPO-family loss (:mod:`ttpa_ray.losses`), and steps
-DeepSpeed (:mod:`ttpa_ray.train_engine`).
+batch, see :mod:`ttpa_ray.train.plan`), runs the shared-prefix forward
+(:mod:`ttpa_ray.train.pair_forward`) and the DPO-family loss (:mod:`ttpa_ray.train.losses`), and steps
+DeepSpeed (:mod:`ttpa_ray.train.policy`).
 
 Checkpoints go through ``ray.train.report`` to ``train.storage_path`` every
 ``checkpoint_every`` steps (each rank's ZeRO shards + ``state.json`` with the step and the
@@ -42,10 +42,10 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from ttpa_ray import train_plan as plan
+from ttpa_ray.train import plan
 from ttpa_ray.config import TrainConfig
-from ttpa_ray.losses import dpo_loss, sft_loss
-from ttpa_ray.memory_profile import TensorMemoryProfile
+from ttpa_ray.train.losses import dpo_loss, sft_loss
+from ttpa_ray.train.memory_profile import TensorMemoryProfile
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ MODEL = "hf_model"
 FAULT_ENV = "TTPA_FAULT_KILL_TRAIN_WORKER_AT_STEP"
 # Diagnostics: peak memory of live tensors on each rank during this optimizer step (it uses
 # the parameters, their gradients and the optimizer states, so all of them are counted;
-# ttpa_ray/memory_profile.py), returned as ``peak_tensor_mb_per_rank``. Slows that step.
+# ttpa_ray/train/memory_profile.py), returned as ``peak_tensor_mb_per_rank``. Slows that step.
 PROFILE_ENV = "TTPA_PROFILE_MEMORY_STEP"
 COLUMNS = ["id", "prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "divergence_index",
            "ref_chosen_logps", "ref_rejected_logps", "weight"]
@@ -106,7 +106,7 @@ class _Metrics:
 
 def _pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    from ttpa_ray.pair_forward import collate_pairs, pair_logps
+    from ttpa_ray.train.pair_forward import collate_pairs, pair_logps
 
     batch = collate_pairs(rows, pad_token_id=pad_id).to(policy.device)
     lp = pair_logps(policy.module, batch, prefix_weight=cfg.prefix_weight)
@@ -149,7 +149,7 @@ def train_loop(config: dict[str, Any]) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if config["use_gpu"] else "cpu")  # before deepspeed loads
     from transformers import AutoTokenizer
 
-    from ttpa_ray.train_engine import Policy
+    from ttpa_ray.train.policy import Policy
 
     cfg = TrainConfig.model_validate(config["train"])
     ctx = ray.train.get_context()
@@ -311,7 +311,7 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
               ) -> dict[str, Any]:
     """Train; returns counts for the manifest. ``resume``: continue the run an interrupted
     stage left (same Ray Train run name), else start a new one."""
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     model_dir = resolve(model)
     table, counts = _prepare_pairs(pairs, cfg)

@@ -1,4 +1,4 @@
-"""Rendering of the run report (:mod:`ttpa_ray.report` builds its content): the report model
+"""Rendering of the run report (:mod:`ttpa_ray.report.build` builds its content): the report model
 (tables, figures, notes in sections), PNG plots, and the HTML and Markdown writers.
 
 Plot functions take plain data and return PNG bytes. Figures are built on

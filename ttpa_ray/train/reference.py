@@ -2,7 +2,7 @@
 
 A Ray Data pass over ``sample/pairs.parquet`` on an actor pool, each actor holding the
 starting model (the DPO reference) in transformers; the shared-prefix forward
-(:mod:`ttpa_ray.pair_forward`) gives ``ref_chosen_logps`` and ``ref_rejected_logps`` (sums over
+(:mod:`ttpa_ray.train.pair_forward`) gives ``ref_chosen_logps`` and ``ref_rejected_logps`` (sums over
 completion tokens, with ``train.prefix_weight``). Written to ``reference/pairs.parquet`` with
 every sample column kept. A pair that cannot be scored (too long for memory, bad token ids)
 gets ``ref_error`` and NaN log-probs: counted, kept, and left out of training.
@@ -42,7 +42,7 @@ class ReferenceBatch:
     def logps(self, rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
         import torch
 
-        from ttpa_ray.pair_forward import collate_pairs, pair_logps
+        from ttpa_ray.train.pair_forward import collate_pairs, pair_logps
 
         with torch.no_grad():
             lp = pair_logps(self.model, collate_pairs(rows, self.pad_id).to(self.device), self.prefix_weight)
@@ -83,7 +83,7 @@ def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: f
     import ray
 
     from ttpa_ray.engines.actors import pool_kwargs
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     model_dir = resolve(model)
     table = pq.read_table(pairs)

@@ -7,7 +7,7 @@ Reads only files earlier stages wrote (``<stage>/manifest.json``, ``train/metric
 ``sample/pairs.parquet``, ``evaluate/{base,trained}/metrics.json``, ``job.json``): no Ray, no
 engine. Three steps, each a plain function: :func:`read_run` (a run folder -> :class:`RunData`),
 :func:`build_report` (runs -> sections of tables, figures and notes), and the writers in
-:mod:`ttpa_ray.report_plots` (with the plots): ``render_html`` embeds every PNG as a ``data:``
+:mod:`ttpa_ray.report.render` (with the plots): ``render_html`` embeds every PNG as a ``data:``
 URI, no external CSS, JS or fonts; ``render_markdown`` links the PNG files written next to it.
 
 Contents: headline metrics and per-category accuracy, mean ESM, tool selection and parameter
@@ -33,9 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ttpa_ray import report_plots as plots
+from ttpa_ray.report import render as plots
 from ttpa_ray.pipeline import STAGES, read_manifest
-from ttpa_ray.report_plots import Figure, Note, Report, Section, Table, render_html, render_markdown
+from ttpa_ray.report.render import Figure, Note, Report, Section, Table, render_html, render_markdown
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from ttpa_ray.losses import divergence_weights, sequence_logps
+from ttpa_ray.train.losses import divergence_weights, sequence_logps
 
 COLUMNS = ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "divergence_index")
 
@@ -85,7 +85,7 @@ def _problems(i: int, row: Mapping[str, Any]) -> list[str]:
     first = next((k for k, (x, y) in enumerate(zip(c, r)) if x != y), min(len(c), len(r)))
     if d != first:
         return [f"row {i}: divergence_index={d} but chosen and rejected first differ at completion token "
-                f"{first}; recompute it with ttpa_ray.tps.first_difference(chosen, rejected)"]
+                f"{first}; recompute it with ttpa_ray.sample.tps.first_difference(chosen, rejected)"]
     return []
 
 

@@ -25,7 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ttpa_ray.config import TrainConfig
-from ttpa_ray.train_plan import deepspeed_config, lr_factor
+from ttpa_ray.train.plan import deepspeed_config, lr_factor
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Evaluation, the pure parts: the held-out split, eval rows, metrics, the pass judgement.
 
-No Ray, no engine (the stage is :mod:`ttpa_ray.evaluate`). An eval row is one assistant turn
+No Ray, no engine (the stage is :mod:`ttpa_ray.evaluate.stage`). An eval row is one assistant turn
 to predict: ``messages_json`` (the conversation before the turn), ``tools_json`` (schemas
 as given, scored against), ``prompt_tools_json`` (the same in OpenAI form with JSON Schema
 types, rendered into the prompt), and gold as ``gold_json`` (concrete calls, held-out data)
@@ -104,7 +104,7 @@ def bfcl_row(entry: dict[str, Any], category: str) -> dict[str, Any]:
 
 def held_out_rows(instances: Iterable[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
     """One eval row per assistant turn with gold calls of each held-out instance."""
-    from ttpa_ray.sample import turn_rows
+    from ttpa_ray.sample.stage import turn_rows
 
     held = [i for i in instances if is_held_out(int(i["id"]), fraction, seed)]
     return [{"category": "held_out", "id": f"{t['instance_id']}:{t['turn_index']}", "instance_id": t["instance_id"],

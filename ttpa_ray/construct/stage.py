@@ -2,7 +2,7 @@
 
     ttpa construct jobs/demo-cpu.yaml [key=value ...]
 
-Each batch of instance plans goes through the steps of :mod:`ttpa_ray.construct_steps` in
+Each batch of instance plans goes through the steps of :mod:`ttpa_ray.construct.steps` in
 lockstep (one batched generation per step): scenario -> calls one at a time (JSON-schema
 constrained, executed in the sandbox or simulated by the generator) -> final answer -> user
 query, for each turn. Every attempted instance leaves the stage as a row whose ``status``
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ttpa_ray import construct_steps as steps
+from ttpa_ray.construct import steps
 from ttpa_ray import faults
 from ttpa_ray.config import ConstructConfig
 from ttpa_ray.engines.base import SamplingParams
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def load_tools_for(cfg: ConstructConfig) -> list[Any]:
-    from ttpa_ray.tools import bundled_catalog, load_catalog
+    from ttpa_ray.tools.catalog import bundled_catalog, load_catalog
 
     return bundled_catalog() if cfg.catalog == "bundled" else load_catalog(cfg.catalog)
 
@@ -44,7 +44,7 @@ class ConstructBatch:
     """Ray Data callable class: plan rows in, instance rows out (same count, same order)."""
 
     def __init__(self, cfg: dict[str, Any], seed: int, fault_marker: str | None = None):
-        from ttpa_ray.engines import build_engine
+        from ttpa_ray.engines.build import build_engine
         from ttpa_ray.tools.sandbox import Sandbox, SandboxConfig
 
         self.cfg = ConstructConfig.model_validate(cfg)
@@ -233,7 +233,7 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
     import ray
 
     from ttpa_ray.engines.actors import pool_kwargs
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     if cfg.generator.backend != "openai":
         resolve(cfg.generator.model)  # prepare once on the driver, not in every actor

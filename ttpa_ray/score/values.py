@@ -1,6 +1,6 @@
 """ESM value and type checks: BFCL's string standardisation, equality, acceptable values.
 
-Pure functions used by :mod:`ttpa_ray.score`. Value *validity* follows BFCL's AST checker
+Pure functions used by :mod:`ttpa_ray.score.esm`. Value *validity* follows BFCL's AST checker
 (strings standardised, ``""`` marks an omittable parameter in possible answers); the value
 *points* follow the released TTPA formula (exact 1, strings 0.5 + 0.5).
 """

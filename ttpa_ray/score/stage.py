@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ttpa_ray.config import ScoreConfig
-from ttpa_ray.score import ESMWeights, esm_score
+from ttpa_ray.score.esm import ESMWeights, esm_score
 from ttpa_ray.toolcall import ToolSchema, load_tools
 
 
@@ -39,7 +39,7 @@ class ScoreBatch:
         self._impls: dict[str, str] = {}
         self._sandbox: Any = None
         if execution_check:
-            from ttpa_ray.tools import bundled_catalog, load_catalog
+            from ttpa_ray.tools.catalog import bundled_catalog, load_catalog
             from ttpa_ray.tools.sandbox import Sandbox
 
             tools = bundled_catalog() if catalog == "bundled" else load_catalog(catalog)

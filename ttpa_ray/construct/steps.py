@@ -1,7 +1,7 @@
 """Reversed construction, the pure parts: prompts, the call grammar, filters, the instance.
 
 No Ray, no engine: every function takes plain data and is tested without a cluster. The
-stage in :mod:`ttpa_ray.construct` drives these steps over a generator engine.
+stage in :mod:`ttpa_ray.construct.stage` drives these steps over a generator engine.
 
 The reversed order (TTPA): scenario -> tool calls one at a time with a memory of calls and
 results -> final answer -> only then the user query that the answer answers. So every kept

@@ -1,6 +1,6 @@
 """Error-oriented Scoring Mechanism (ESM): score predicted tool calls against gold.
 
-Pure functions, no Ray (the Ray Data stage is :mod:`ttpa_ray.score_stage`).
+Pure functions, no Ray (the Ray Data stage is :mod:`ttpa_ray.score.stage`).
 
 The released TTPA formula, per matched (predicted, gold) call::
 
@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttpa_ray.score_values import same, type_ok, value_ok, value_points
+from ttpa_ray.score.values import same, type_ok, value_ok, value_points
 from ttpa_ray.toolcall import DECODE_FAILED, ToolCall, ToolSchema, _as_call, _Bad, calls_from_json, load_tool, parse_calls
 
 ERROR_CODES = ("decode_failed", "wrong_count", "missing_call", "unexpected_call", "wrong_func_name",

@@ -7,13 +7,13 @@ Per assistant turn with a gold tool call (from the constructed instances):
 1. render the prompt (history + tools) with the *target* model's chat template and the gold
    turn with the same template; teacher-force prompt + gold and read the top-k log-probs at
    every gold token in one forward pass (``prompt_logprobs``);
-2. branch at decision tokens (:func:`ttpa_ray.tps.branch_points`): gold prefix + alternative
+2. branch at decision tokens (:func:`ttpa_ray.sample.tps.branch_points`): gold prefix + alternative
    token, then the target completes the turn (greedy by default). All branches of a turn
    share the prompt and gold prefix, which vLLM's prefix cache computes once;
 3. ``mode: nsample`` instead draws n whole completions per turn (the authors' released code);
 4. a candidate ends after its last complete tool call (trailing prose is cut, the end token
    appended: the gold turn ends there too);
-5. candidates are ESM-scored on the scoring actor pool; pairs per :func:`ttpa_ray.tps.make_pairs`.
+5. candidates are ESM-scored on the scoring actor pool; pairs per :func:`ttpa_ray.sample.tps.make_pairs`.
 
 Token ids are kept end to end (``TokensPrompt`` in, ids out), so chosen and rejected share
 their prefix exactly and the trainer never re-tokenizes.
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ttpa_ray import tps
+from ttpa_ray.sample import tps
 from ttpa_ray.config import EngineConfig, SampleConfig, ScoreConfig
 from ttpa_ray.engines.base import SamplingParams
 from ttpa_ray.toolcall import ToolCall, render_with_template
@@ -61,7 +61,7 @@ class SampleBatch:
     """Ray Data callable class: turns in, candidate rows out (gold included, ``is_gold``)."""
 
     def __init__(self, cfg: dict[str, Any], engine: dict[str, Any], seed: int):
-        from ttpa_ray.engines import build_engine
+        from ttpa_ray.engines.build import build_engine
 
         self.cfg = SampleConfig.model_validate(cfg)
         self.engine = build_engine(EngineConfig.model_validate(engine))
@@ -221,14 +221,14 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
     import ray
 
     from ttpa_ray.engines.actors import pool_kwargs
-    from ttpa_ray.models import resolve
-    from ttpa_ray.score_stage import none_if_nan, score_dataset
+    from ttpa_ray.models.registry import resolve
+    from ttpa_ray.score.stage import none_if_nan, score_dataset
 
     if target.backend == "openai":
         raise ValueError("sample needs token-level access to the target (prompt_logprobs, token ids): use "
                          "target.backend vllm or transformers")
     resolve(target.model)
-    from ttpa_ray.evaluate_metrics import is_held_out
+    from ttpa_ray.evaluate.metrics import is_held_out
 
     rows = pq.read_table(instances).to_pylist()
     kept = [r for r in rows if not is_held_out(r["id"], held_out_fraction, seed)]

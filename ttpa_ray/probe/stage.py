@@ -48,7 +48,7 @@ class _Render:
     def __init__(self, engine: dict[str, Any]):
         from transformers import AutoTokenizer
 
-        from ttpa_ray.models import resolve
+        from ttpa_ray.models.registry import resolve
 
         cfg = EngineConfig.model_validate(engine)
         self.tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.tokenizer or cfg.model))
@@ -64,7 +64,7 @@ def run_probe(cfg: ProbeConfig, engine: EngineConfig, out: Path, seed: int = 0) 
     import ray
 
     from ttpa_ray.engines.actors import GenerateBatch, pool_kwargs
-    from ttpa_ray.models import resolve
+    from ttpa_ray.models.registry import resolve
 
     # Prepare the model once on the driver, not concurrently in every actor.
     if engine.backend != "openai" or engine.tokenizer:

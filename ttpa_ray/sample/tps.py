@@ -1,6 +1,6 @@
 """Token-level preference sampling (TPS), the pure parts: where to branch, and pairs.
 
-No Ray, no engine. :mod:`ttpa_ray.sample` runs them on the target model.
+No Ray, no engine. :mod:`ttpa_ray.sample.stage` runs them on the target model.
 
 1. ``decision_spans(gold_text)``: character spans of the decisions inside each tool call
    in the gold assistant text: the function name, every argument key, every argument value

@@ -8,12 +8,12 @@
 name) replaces ``engine.model``, so the same engine section evaluates the base model and a
 trained checkpoint. Everything runs in one Ray Data pass: the engine actor pool
 (:class:`EvalBatch`, ``engine.pool``), then the ESM scoring pool
-(:func:`~ttpa_ray.score_stage.score_dataset`); the model is loaded once.
+(:func:`~ttpa_ray.score.stage.score_dataset`); the model is loaded once.
 
 1. **Single turns**: BFCL v4 AST categories from the ``bfcl-eval`` wheel
    (``evaluate.categories``, the first ``max_per_category`` entries of each), scored against
    BFCL's possible answers; and every assistant turn with gold calls of the held-out
-   instances (:func:`~ttpa_ray.evaluate_metrics.is_held_out` of (instance id, ``seed``,
+   instances (:func:`~ttpa_ray.evaluate.metrics.is_held_out` of (instance id, ``seed``,
    ``held_out_fraction``): the sample stage leaves the same instances out), scored against
    the gold calls. Each prompt is rendered with the model's own chat template and tools and
    generated greedily.
@@ -23,7 +23,7 @@ trained checkpoint. Everything runs in one Ray Data pass: the engine actor pool
    them in the sandbox, feed results back as tool messages, up to ``max_steps`` model turns.
    Passed = it ended with a final answer (a turn without calls, not cut by ``max_tokens``)
    after calling every gold tool (by name) with schema-valid arguments.
-3. **Metrics** (pure, :mod:`ttpa_ray.evaluate_metrics`) per category, overall, pass rate.
+3. **Metrics** (pure, :mod:`ttpa_ray.evaluate.metrics`) per category, overall, pass rate.
 
 Output (``out/``): ``bfcl.parquet`` and ``held_out.parquet`` (every row: prompt, prediction,
 ESM score, error codes, generation/score errors, category), ``episodes.parquet`` (every
@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from ttpa_ray import evaluate_metrics as em
+from ttpa_ray.evaluate import metrics as em
 from ttpa_ray.config import EngineConfig, EvaluateConfig, ScoreConfig
 from ttpa_ray.engines.base import Generation, SamplingParams
-from ttpa_ray.score_stage import nulls_as_none
+from ttpa_ray.score.stage import nulls_as_none
 from ttpa_ray.toolcall import parse_calls
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ class EvalBatch:
     ``calls_json`` (every call made) and ``trace_json`` (the messages the episode added)."""
 
     def __init__(self, engine: dict[str, Any], params: dict[str, Any]):
-        from ttpa_ray.engines import build_engine
-        from ttpa_ray.tools import bundled_catalog
+        from ttpa_ray.engines.build import build_engine
+        from ttpa_ray.tools.catalog import bundled_catalog
 
         self.engine = build_engine(EngineConfig.model_validate(engine))
         self.params = SamplingParams(**params)
@@ -204,7 +204,7 @@ def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, 
     import ray
 
     from ttpa_ray.engines.actors import pool_kwargs
-    from ttpa_ray.score_stage import none_if_nan, score_dataset
+    from ttpa_ray.score.stage import none_if_nan, score_dataset
 
     if not rows:
         return {}
@@ -256,9 +256,9 @@ def run_evaluate(cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig, 
                  out: Path, seed: int = 0) -> dict[str, Any]:
     """Evaluate ``model`` (replacing ``engine.model``); write ``out/`` (see the module doc) and
     return the counts for the stage manifest."""
-    from ttpa_ray.bfcl import load_category
-    from ttpa_ray.models import resolve
-    from ttpa_ray.tools import bundled_catalog
+    from ttpa_ray.evaluate.bfcl import load_category
+    from ttpa_ray.models.registry import resolve
+    from ttpa_ray.tools.catalog import bundled_catalog
 
     engine = engine.model_copy(update={"model": model})
     if engine.backend == "openai" and not engine.tokenizer:
