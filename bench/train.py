@@ -9,7 +9,7 @@ clipping 1.0), dropout off, no gradient checkpointing. Each step sees the same p
 side: the data set *is* one batch, so every optimizer step trains on exactly the same token ids
 everywhere (and the per-step losses of the two trainers can be compared).
 
-- **ours**: :func:`ttpa_ray.train.stage.run_steps` with :class:`ttpa_ray.train.policy.Policy`
+- **ours**: :func:`ttpa_ray.train.loop.run_steps` with :class:`ttpa_ray.train.policy.Policy`
   (DeepSpeed ZeRO-0, a 1-process gloo group, as Ray Train would give one worker). Reference
   log-probs are precomputed (our design: the reference stage, before training); that pass
   (:class:`ttpa_ray.train.reference.ReferenceBatch`) is timed on its own, per pair.
@@ -20,7 +20,7 @@ everywhere (and the per-step losses of the two trainers can be compared).
   timed per pair, like ours).
 
 Seconds per step: median over the steps after the warm-up, each the time between consecutive
-step ends (a TrainerCallback for TRL, ``run_steps``' ``on_step`` for ours), model load excluded.
+step ends (a TrainerCallback for TRL, a ``run_steps`` hook for ours), model load excluded.
 
 Cases: ``short`` (tiny-random, synthetic pairs, 30-60-token prompts, batch 8), ``long``
 (SmolLM2-135M, TPS-like tool-call pairs: prompt = bundled tool schemas + a query through the
@@ -175,8 +175,8 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from ttpa_ray.config import TrainConfig
     from ttpa_ray.models.registry import resolve
     from ttpa_ray.train.reference import ReferenceBatch
-    from ttpa_ray.train.stage import COLUMNS, run_steps
-    from ttpa_ray.train.policy import Policy
+    from ttpa_ray.train.loop import COLUMNS, run_steps
+    from ttpa_ray.train.stage import create_policy
 
     model_dir = resolve(spec["model"])
     rows, B, warmup, steps = spec["pairs"], spec["batch"], spec["warmup"], spec["steps"]
@@ -205,11 +205,11 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
                       loss_type="sigmoid", dtype="float32", prefix_weight=1.0, max_steps=steps, epochs=steps)
     table = pa.Table.from_pylist(rows).select(COLUMNS)
     pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
-    policy = Policy.create(model_dir, cfg, world=1, total_steps=steps, use_gpu=False)
+    policy = create_policy(model_dir, cfg, world=1, total_steps=steps, use_gpu=False)
     ends: list[float] = []
     t_begin = time.time()
     state = run_steps(policy, table, cfg, seed=0, rank=0, world=1, total=steps, pad_id=pad_id,
-                      state={"step": 0, "history": []}, on_step=lambda st: ends.append(time.time()))
+                      state={"step": 0, "history": []}, hooks=[lambda st: ends.append(time.time())])
     dist.destroy_process_group()
     hist = state["history"]
     return {**_step_seconds(t_begin, ends, warmup),
@@ -650,7 +650,7 @@ def main() -> None:
         "common": f"1 worker, fp32, sigmoid DPO beta={BETA}, torch AdamW lr={LR} (constant, no weight decay), "
                   "grad clipping 1.0, dropout off, no gradient checkpointing, torch threads = all cores; the data set "
                   "is one batch, so every step trains on the same token ids on every side",
-        "ours": "ttpa_ray.train.stage.run_steps + Policy (DeepSpeed ZeRO-0, 1-process gloo group), shared-prefix forward "
+        "ours": "ttpa_ray.train.loop.run_steps + Policy (DeepSpeed ZeRO-0, 1-process gloo group), shared-prefix forward "
                 "(ttpa_ray.train.pair_forward); reference log-probs PRECOMPUTED before training by design (the reference "
                 "stage): not in the step time, its cost is reference_seconds_per_pair.ours_reference_pass",
         "trl": "trl DPOTrainer (1.16) with use_cpu=True, report_to=none, optim=adamw_torch (TRL's default is "

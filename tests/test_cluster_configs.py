@@ -23,7 +23,8 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from ttpa_ray.config import JobConfig, PoolConfig, load_job
+from ttpa_ray.config import JobConfig, PoolConfig
+from ttpa_ray.job import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ttpa_ray.config import ConfigError, EngineConfig, load_job
+from ttpa_ray.config import EngineConfig
+from ttpa_ray.job import ConfigError, load_job
 
 JOBS = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ttpa_ray.evaluate import metrics as em
+from ttpa_ray.instances import is_held_out
 from ttpa_ray.config import EngineConfig, EvaluateConfig, JobConfig, ScoreConfig
 from ttpa_ray.engines.base import Completion, Generation, SamplingParams
 from ttpa_ray.score.esm import esm_score
@@ -113,15 +114,15 @@ def test_group_metrics_and_table():
 
 def test_is_held_out_is_deterministic_nested_and_near_the_fraction():
     ids = range(20000)
-    a = [i for i in ids if em.is_held_out(i, 0.2, seed=0)]
-    assert a == [i for i in ids if em.is_held_out(i, 0.2, seed=0)]
+    a = [i for i in ids if is_held_out(i, 0.2, seed=0)]
+    assert a == [i for i in ids if is_held_out(i, 0.2, seed=0)]
     assert abs(len(a) / 20000 - 0.2) < 0.01
-    small = {i for i in ids if em.is_held_out(i, 0.1, seed=0)}
+    small = {i for i in ids if is_held_out(i, 0.1, seed=0)}
     assert small < set(a)                                          # a larger fraction only adds instances
-    assert a != [i for i in ids if em.is_held_out(i, 0.2, seed=1)]  # the seed changes the split
-    assert not any(em.is_held_out(i, 0.0, 0) for i in range(200)) and all(em.is_held_out(i, 1.0, 0) for i in range(200))
+    assert a != [i for i in ids if is_held_out(i, 0.2, seed=1)]  # the seed changes the split
+    assert not any(is_held_out(i, 0.0, 0) for i in range(200)) and all(is_held_out(i, 1.0, 0) for i in range(200))
     with pytest.raises(ValueError, match=r"held_out_fraction must be in \[0, 1\]"):
-        em.is_held_out(1, 1.5, 0)
+        is_held_out(1, 1.5, 0)
 
 
 def instance(i: int, tools: list[dict], calls: list[list[dict]], query: str = "Weather in Lisbon?") -> dict:

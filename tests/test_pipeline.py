@@ -8,7 +8,8 @@ import json
 import pytest
 
 from ttpa_ray import pipeline
-from ttpa_ray.config import validate_job
+from ttpa_ray.manifest import fingerprint
+from ttpa_ray.job import validate_job
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_interrupted_stage_resumes_and_forced_stage_does_not(tmp_path, fake_stag
     pipeline.run_pipeline(job)
     manifest = tmp_path / "t" / "train" / "manifest.json"
     # A run killed inside train leaves its manifest 'running' with the same fingerprint.
-    fp = pipeline.fingerprint(job, ("train",), pipeline.upstream_tokens(job, "train", ("sample",)))
+    fp = fingerprint(job, ("train",), pipeline.upstream_tokens(job, "train", ("sample",)))
     manifest.write_text(json.dumps({"stage": "train", "status": "running", "fingerprint": fp}))
     fake_stages.clear()
     pipeline.run_pipeline(job)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ttpa_ray.evaluate import metrics as em
 from ttpa_ray import pipeline
-from ttpa_ray.config import validate_job
+from ttpa_ray.job import validate_job
 from ttpa_ray.report.build import read_run, write_report
 from ttpa_ray.report.render import grouped_bars_figure  # noqa
 from ttpa_ray.score.esm import ERROR_CODES

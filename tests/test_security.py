@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ttpa_ray.config import ConfigError, load_job, validate_job
-from ttpa_ray.paths import allowed_roots
+from ttpa_ray.job import ConfigError, load_job, validate_job
+from ttpa_ray.job import allowed_roots
 from ttpa_ray.engines.build import build_engine
 from ttpa_ray.engines.base import SamplingParams
 from test_sandbox import assert_healthy, call

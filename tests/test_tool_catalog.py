@@ -19,7 +19,8 @@ import jsonschema
 import pytest
 
 from ttpa_ray.toolcall import load_tools
-from ttpa_ray.tools.catalog import Tool, bundled_catalog
+from ttpa_ray.tools.catalog import bundled_catalog
+from ttpa_ray.tools.tool import Tool
 from ttpa_ray.tools.bundled import CATALOG, call_tool, resolve_impl
 
 BY_NAME = {t.name: t for t in CATALOG}

@@ -15,7 +15,8 @@ import pytest
 from conftest import actor_nodes
 
 from ttpa_ray.train import plan
-from ttpa_ray.config import ConfigError, TrainConfig, validate_job
+from ttpa_ray.config import TrainConfig
+from ttpa_ray.job import ConfigError, validate_job
 from ttpa_ray.synthetic import synthetic_pairs
 
 
@@ -115,12 +116,12 @@ def pairs_with_ref(tiny_model, tmp_path_factory):
 
 
 def _run_local(tiny_model, pairs, steps, **overrides):
-    from ttpa_ray.train.stage import _prepare_pairs, run_steps
-    from ttpa_ray.train.policy import Policy
+    from ttpa_ray.train.loop import prepare_pairs, run_steps
+    from ttpa_ray.train.stage import create_policy
 
     cfg = TrainConfig(**{"learning_rate": 1e-3, "max_steps": steps} | overrides)
-    table, _ = _prepare_pairs(pairs, cfg)
-    policy = Policy.create(tiny_model, cfg, world=1, total_steps=steps, use_gpu=False)
+    table, _ = prepare_pairs(pairs, cfg)
+    policy = create_policy(tiny_model, cfg, world=1, total_steps=steps, use_gpu=False)
     state = run_steps(policy, table, cfg, seed=0, rank=0, world=1, total=steps, pad_id=0,
                       state={"step": 0, "history": []})
     weights = {n: p.detach().clone() for n, p in policy.module.named_parameters()}

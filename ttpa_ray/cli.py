@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ttpa_ray.config import ConfigError, load_job
+from ttpa_ray.job import ConfigError, load_job
 
 log = logging.getLogger("ttpa_ray")
 
@@ -89,7 +89,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = job.run_dir / "evaluate" / Path(args.model).name
     instances = job.run_dir / "construct" / "instances.parquet"
     counts = run_evaluate(job.evaluate, job.target, job.score, args.model, instances if instances.is_file() else None,
-                          out, seed=job.seed)
+                          out, seed=job.seed, catalog=job.construct.catalog)
     print(f"evaluate {args.model}: {out}")
     print(json.dumps(counts, indent=2))
     return 0

@@ -1,16 +1,11 @@
-"""Typed job configuration.
+"""Typed job configuration: the section schemas (pydantic), one per stage.
 
-One YAML file per job in ``jobs/``; its first line is the exact launch command. Each
-pipeline stage receives only its own section (``job.construct``, ``job.score`` ...), never the
-whole job. ``key.sub=value`` overrides from the command line are applied before validation,
-and validation reports every problem at once, each with its dotted path and how to fix it.
+Each pipeline stage receives only its own section (``job.construct``, ``job.score`` ...), never
+the whole job. Loading a job file, command-line overrides, variants and the path policy live in
+:mod:`ttpa_ray.job`.
 
-Security checks: secrets never go in a job (``api_key_env`` names a variable; a key-looking
-value, an ``api_key``-like key or credentials in ``api_base`` are refused without repeating the
-value), and every local path (output dir, model folders, catalogs, checkpoint storage) must
-resolve, after ``..`` and symlinks, inside an allowed root (:mod:`ttpa_ray.paths`).
-
-    job = load_job("jobs/demo-cpu.yaml", ["target.backend=transformers"])
+Security checks here: secrets never go in a job (``api_key_env`` names a variable; a key-looking
+value or credentials in ``api_base`` are refused without repeating the value).
 """
 
 from __future__ import annotations
@@ -21,24 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 # Errors of this type are reported without the offending value (it may be a secret).
-_SECRET_ERROR = "secret_in_config"
+SECRET_ERROR = "secret_in_config"
 _ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
-_SECRET_KEY_RE = re.compile(r"(^|_)(api_?key|key|token|secret|password|credentials?|authorization)$", re.I)
-
-
-class ConfigError(ValueError):
-    """A job file or override that does not validate; ``problems`` lists every one."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s) in the job config:\n{lines}")
 
 
 class Section(BaseModel):
@@ -114,7 +97,7 @@ class EngineConfig(Section):
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
         if v is not None and not _ENV_NAME_RE.match(v):
-            raise PydanticCustomError(_SECRET_ERROR, "api_key_env must be the NAME of an environment variable "
+            raise PydanticCustomError(SECRET_ERROR, "api_key_env must be the NAME of an environment variable "
                                       "(A-Z, 0-9, _; e.g. OPENAI_API_KEY), never the key itself: export the key "
                                       "and put the variable's name here (the value is not shown)")
         return v
@@ -126,7 +109,7 @@ class EngineConfig(Section):
             return v
         url = urlsplit(v)
         if url.username is not None or url.password is not None or url.query or url.fragment:
-            raise PydanticCustomError(_SECRET_ERROR, "api_base must be a plain URL without credentials or a "
+            raise PydanticCustomError(SECRET_ERROR, "api_base must be a plain URL without credentials or a "
                                       "query string (scheme://host:port/path); put the key in the environment "
                                       "variable named by api_key_env (the value is not shown)")
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -160,7 +143,7 @@ class ProbeConfig(Section):
     logprobs: int = Field(5, ge=0, le=20)
 
 
-class ESMWeightsConfig(Section):
+class ESMWeights(Section):
     """Weights of the ESM formula (the released TTPA values by default)."""
 
     name: float = Field(3.0, ge=0)
@@ -169,8 +152,12 @@ class ESMWeightsConfig(Section):
     type: float = Field(2.0, ge=0)
     value: float = Field(2.0, ge=0)
 
+    @property
+    def total(self) -> float:
+        return self.name + self.required + self.key + self.type + self.value
+
     @model_validator(mode="after")
-    def _positive_total(self) -> ESMWeightsConfig:
+    def _positive_total(self) -> ESMWeights:
         if self.name + self.required + self.key + self.type + self.value <= 0:
             raise ValueError("at least one ESM weight must be > 0")
         return self
@@ -179,7 +166,7 @@ class ESMWeightsConfig(Section):
 class ScoreConfig(Section):
     """ESM scoring: weights, pair threshold, and the scoring actor pool."""
 
-    weights: ESMWeightsConfig = ESMWeightsConfig()
+    weights: ESMWeights = ESMWeights()
     threshold: float = Field(0.8, ge=0, le=1, description="Below it the best candidate is replaced by gold as chosen.")
     pool: PoolConfig = PoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=512)
     execution_check: bool = Field(False, description="Also execute matched predicted and gold calls of tools "
@@ -422,127 +409,3 @@ class JobConfig(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise ConfigError("overrides", [f"{dotted}: `{key}` is a value, not a section"])
-        node = child
-    node[keys[-1]] = value
-
-
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in place."""
-    problems = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            problems.append(f"override `{item}`: expected dotted.key=value, e.g. engine.backend=transformers")
-            continue
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
-    if problems:
-        raise ConfigError("overrides", problems)
-    return tree
-
-
-def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
-    path = ".".join(str(p) for p in err["loc"]) or "<root>"
-    kind = err["type"]
-    if kind == _SECRET_ERROR:
-        return f"{path}: {err['msg']}"
-    if kind == "extra_forbidden":
-        section: Any = model
-        for part in err["loc"][:-1]:
-            field = section.model_fields.get(str(part)) if isinstance(section, type) else None
-            section = field.annotation if field is not None else None
-        allowed = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
-        hint = ""
-        if _SECRET_KEY_RE.search(str(err["loc"][-1])):
-            hint = ("; secrets never go in a job file: export the key as an environment variable and set "
-                    "api_key_env to its name")
-        return f"{path}: unknown key{hint}; allowed here: {', '.join(allowed)}"
-    if kind == "missing":
-        return f"{path}: required; add `{err['loc'][-1]}: ...` to the job file"
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{path}: {msg} (got {err.get('input')!r})"
-
-
-def validate_job(tree: dict[str, Any], source: str = "<job>") -> JobConfig:
-    """Validate a job tree: fields first, then (on a valid job) the path policy of :mod:`ttpa_ray.paths`."""
-    try:
-        job = JobConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(source, [_describe(e, JobConfig) for e in exc.errors()]) from None
-    from ttpa_ray.paths import path_problems
-
-    problems = path_problems(job)
-    for name in job.variants:
-        try:
-            variant_job(job, name)
-        except ConfigError as exc:
-            problems += [f"variants.{name}: {p}" for p in exc.problems]
-    if problems:
-        raise ConfigError(source, problems)
-    return job
-
-
-def variant_job(job: JobConfig, name: str) -> JobConfig:
-    """One variant of ``job.variants``: its overrides applied, run under
-    ``<run_dir>/variants/<name>/``; probe, the base model's evaluation and the report are left
-    to the parent run, construct is shared with it (see ``pipeline``)."""
-    tree = job.model_dump(mode="json")
-    for key, value in job.variants[name].items():
-        _set_dotted(tree, key, value)
-    tree.update(name=name, output_dir=str(job.run_dir / "variants"), variants={})
-    tree["probe"]["enabled"] = False
-    tree["evaluate"]["base"] = False
-    tree["report"]["enabled"] = False  # the parent's report shows every variant
-    return validate_job(tree, f"variants.{name}")
-
-
-def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
-    """Read a job YAML, apply overrides, validate; raises ConfigError listing every problem."""
-    tree = _read_tree(Path(path), ())
-    apply_overrides(tree, overrides or [])
-    return validate_job(tree, str(path))
-
-
-def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """A job file's tree; ``extends: other.yaml`` (relative to the file) starts from that job,
-    this file's keys merged over it section by section."""
-    if not path.is_file():
-        raise ConfigError(str(path), [f"no such job file; the jobs shipped are in jobs/: {_list_jobs()}"])
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
-    if not isinstance(tree, dict):
-        raise ConfigError(str(path), ["top level must be a mapping of sections"])
-    parent = tree.pop("extends", None)
-    if parent is None:
-        return tree
-    base = (path.parent / str(parent)).resolve()
-    if base in seen or base == path.resolve():
-        raise ConfigError(str(path), [f"extends: {parent} makes a cycle ({' -> '.join(map(str, seen))})"])
-    return _merge(_read_tree(base, (*seen, path.resolve())), tree)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _list_jobs() -> str:
-    jobs = sorted(p.name for p in Path("jobs").glob("*.yaml"))
-    return ", ".join(jobs) if jobs else "(none found in ./jobs)"

@@ -12,7 +12,6 @@ and so is every stage after it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -21,12 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ttpa_ray.config import JobConfig, variant_job
+from ttpa_ray.config import JobConfig
+from ttpa_ray.job import variant_job
+from ttpa_ray.manifest import MANIFEST, STAGE_NAMES, fingerprint, read_manifest
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-
 
 def _probe(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     from ttpa_ray.probe.stage import run_probe
@@ -67,10 +65,10 @@ def _start_model(job: JobConfig) -> str:
 
 
 def _reference(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
-    from ttpa_ray.train.reference import run_reference
-    from ttpa_ray.train.policy import resolve_dtype
+    from ttpa_ray.train.stage import run_reference
+    from ttpa_ray.models.registry import resolve_dtype
 
-    dtype = str(resolve_dtype(job.train, job.train.use_gpu)).removeprefix("torch.")
+    dtype = resolve_dtype(job.train.dtype, job.train.use_gpu)
     return run_reference(job.reference, _start_model(job), dtype, job.train.prefix_weight,
                          _upstream_file(job, "sample", "pairs.parquet"), out)
 
@@ -98,7 +96,8 @@ def _evaluate(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     results = {}
     for label, model in evaluate_models(job).items():
         results[label] = run_evaluate(job.evaluate, job.target, job.score, model,
-                                      instances if instances.is_file() else None, out / label, seed=job.seed)
+                                      instances if instances.is_file() else None, out / label, seed=job.seed,
+                                      catalog=job.construct.catalog)
     return results
 
 
@@ -117,31 +116,11 @@ STAGES: dict[str, tuple[Callable[[JobConfig, Path, bool], dict[str, Any]], tuple
     "reference": (_reference, ("reference", "target.model", "train.model", "train.dtype", "train.use_gpu",
                                "train.prefix_weight"), ("sample",)),
     "train": (_train, ("train", "target", "seed"), ("reference",)),
-    "evaluate": (_evaluate, ("evaluate", "target", "score", "seed", "train.enabled"), ("construct", "train")),
+    "evaluate": (_evaluate, ("evaluate", "target", "score", "seed", "train.enabled", "construct.catalog"), ("construct", "train")),
     # Shows every stage's manifest: redone when any of them was.
     "report": (_report, ("report",), ("probe", "construct", "sample", "reference", "train", "evaluate")),
 }
-
-
-def fingerprint(job: JobConfig, sections: tuple[str, ...], upstream: dict[str, str | None] | None = None) -> str:
-    """Hash of the config a stage reads and of the runs of the stages it reads from (their
-    manifests' ``token``), so new upstream output redoes it even across separate commands."""
-    def dump(v: Any) -> Any:
-        return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
-
-    def get(dotted: str) -> Any:  # "train.prefix_weight": one field of a section
-        value: Any = job
-        for part in dotted.split("."):
-            value = getattr(value, part)
-        return value
-
-    data = json.dumps({"config": {s: dump(get(s)) for s in sections}, "upstream": upstream or {}}, sort_keys=True)
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
-
-
-def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
-    path = stage_dir / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+assert tuple(STAGES) == STAGE_NAMES, "manifest.STAGE_NAMES lists the stages in pipeline order"
 
 
 def run_pipeline(job: JobConfig, from_stage: str | None = None,

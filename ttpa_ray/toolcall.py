@@ -131,9 +131,58 @@ def load_tools(items: Iterable[Any]) -> list[ToolSchema]:
 
 
 def normalize_type(t: Any) -> Any:
+    """A schema's ``type`` (a name or a list of names) in JSON Schema's names."""
     if isinstance(t, list):
         return [TYPE_ALIASES.get(x, x) for x in t]
     return TYPE_ALIASES.get(t, t)
+
+
+def json_schema_types(spec: Any) -> Any:
+    """A parameters schema with every ``type`` in JSON Schema's names, at every level (BFCL
+    writes Python names: dict, float, tuple ...). Parameter names are data, never types.
+
+    >>> json_schema_types({"type": "dict", "properties": {"type": {"type": "float"}, "xs": {"type": "tuple",
+    ...                    "items": {"type": "int"}}}})
+    {'type': 'object', 'properties': {'type': {'type': 'number'}, 'xs': {'type': 'array', 'items': {'type': 'integer'}}}}
+    """
+    if isinstance(spec, list):
+        return [json_schema_types(x) for x in spec]
+    if not isinstance(spec, dict):
+        return spec
+    out = {k: json_schema_types(v) for k, v in spec.items()}
+    if isinstance(spec.get("type"), (str, list)):
+        out["type"] = normalize_type(spec["type"])
+    if isinstance(spec.get("properties"), dict):
+        out["properties"] = {k: json_schema_types(v) for k, v in spec["properties"].items()}
+    return out
+
+
+PY_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
+                                          "boolean": (bool,), "array": (list, tuple), "object": (dict,),
+                                          "null": (type(None),)}
+
+
+def type_ok(value: Any, spec: dict[str, Any]) -> bool:
+    """JSON type of ``value`` matches the parameter schema (arrays checked item by item)."""
+    t = spec.get("type")
+    tv = type(value)
+    if (t == "string" and tv is str) or (t == "integer" and tv is int) or (t in ("number", "float") and tv in (int, float)):
+        return True
+    t = normalize_type(t)
+    if t is None or t == "any":
+        return True
+    types = t if isinstance(t, list) else [t]
+    for ty in types:
+        py = PY_TYPES.get(ty)
+        if py is None:
+            return True
+        if isinstance(value, bool) and ty in ("integer", "number"):
+            continue
+        if isinstance(value, py):
+            if ty == "array" and isinstance(spec.get("items"), dict):
+                return all(type_ok(x, spec["items"]) for x in value)
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- calls
@@ -163,31 +212,31 @@ _FENCE_RE = re.compile(r"```(?:json|tool_call|python)?\s*\n?(.*?)```", re.S)
 _CALL_KEYS = ("name", "function")
 
 
-class _Bad(ValueError):
-    pass
+class CallFormatError(ValueError):
+    """A model output or call object that is not a tool call in any accepted shape."""
 
 
-def _as_call(obj: Any) -> ToolCall:
-    """One call object in any accepted shape -> ToolCall (raises _Bad)."""
+def as_call(obj: Any) -> ToolCall:
+    """One call object in any accepted shape -> ToolCall (raises CallFormatError)."""
     if not isinstance(obj, dict):
-        raise _Bad(f"a call must be a JSON object, got {type(obj).__name__}")
+        raise CallFormatError(f"a call must be a JSON object, got {type(obj).__name__}")
     if isinstance(obj.get("function"), dict):  # OpenAI: {"type": "function", "function": {...}}
         obj = obj["function"]
     name = obj.get("name")
     if name is None and isinstance(obj.get("function"), str):
         name = obj["function"]
     if not isinstance(name, str) or not name:
-        raise _Bad(f"call has no function name (keys: {sorted(obj)[:6]})")
+        raise CallFormatError(f"call has no function name (keys: {sorted(obj)[:6]})")
     args = obj.get("arguments", obj.get("parameters", obj.get("args", {})))
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as exc:
-            raise _Bad(f"arguments of {name!r} are a string that is not JSON: {exc}") from None
+            raise CallFormatError(f"arguments of {name!r} are a string that is not JSON: {exc}") from None
     if args is None:
         args = {}
     if not isinstance(args, dict):
-        raise _Bad(f"arguments of {name!r} must be an object, got {type(args).__name__}")
+        raise CallFormatError(f"arguments of {name!r} must be an object, got {type(args).__name__}")
     return ToolCall(name=name, arguments=args)
 
 
@@ -196,7 +245,7 @@ def calls_from_json(obj: Any) -> list[ToolCall]:
     if isinstance(obj, dict) and isinstance(obj.get("tool_calls"), list):
         obj = obj["tool_calls"]
     items = obj if isinstance(obj, list) else [obj]
-    return [_as_call(x) for x in items]
+    return [as_call(x) for x in items]
 
 
 def _py_value(node: ast.AST) -> Any:
@@ -234,7 +283,7 @@ def _loads(blob: str) -> Any:
     try:
         return _decode(blob)
     except json.JSONDecodeError as exc:
-        raise _Bad(f"not valid JSON ({exc.msg} at char {exc.pos}): {blob[:80]!r}") from None
+        raise CallFormatError(f"not valid JSON ({exc.msg} at char {exc.pos}): {blob[:80]!r}") from None
 
 
 def parse_calls(text: Any) -> ParseResult:
@@ -243,7 +292,7 @@ def parse_calls(text: Any) -> ParseResult:
         return ParseResult([], DECODE_FAILED, f"model output must be text, got {type(text).__name__}")
     try:
         return _parse(text)
-    except _Bad as exc:
+    except CallFormatError as exc:
         return ParseResult([], DECODE_FAILED, str(exc))
     except (RecursionError, ValueError, TypeError) as exc:  # pathological input, e.g. very deep nesting
         return ParseResult([], DECODE_FAILED, f"{type(exc).__name__}: {str(exc)[:120]}")
@@ -278,10 +327,10 @@ def _parse(text: str) -> ParseResult:
             py = _python_calls(stripped)
             if py is not None:
                 return ParseResult(py)
-            raise _Bad(f"output starts like JSON but is not ({exc.msg} at char {exc.pos})") from None
+            raise CallFormatError(f"output starts like JSON but is not ({exc.msg} at char {exc.pos})") from None
         if _looks_like_call(obj):
             return ParseResult(calls_from_json(obj))
-        raise _Bad("JSON output is not a tool call (no `name`)")
+        raise CallFormatError("JSON output is not a tool call (no `name`)")
     py = _python_calls(stripped)
     if py is not None:
         return ParseResult(py)
@@ -301,7 +350,7 @@ def render_calls(calls: Iterable[ToolCall | dict[str, Any]]) -> str:
     """Hermes-style text of calls, the format the project's chat template writes."""
     blocks = []
     for c in calls:
-        call = c if isinstance(c, ToolCall) else _as_call(c)
+        call = c if isinstance(c, ToolCall) else as_call(c)
         blocks.append('<tool_call>\n{"name": ' + json.dumps(call.name) + ', "arguments": '
                       + json.dumps(call.arguments, ensure_ascii=False) + "}\n</tool_call>")
     return "\n".join(blocks)

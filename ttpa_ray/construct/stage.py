@@ -30,14 +30,9 @@ from ttpa_ray import faults
 from ttpa_ray.config import ConstructConfig
 from ttpa_ray.engines.base import SamplingParams
 from ttpa_ray.toolcall import ToolSchema
+from ttpa_ray.tools.catalog import resolve_catalog
 
 log = logging.getLogger(__name__)
-
-
-def load_tools_for(cfg: ConstructConfig) -> list[Any]:
-    from ttpa_ray.tools.catalog import bundled_catalog, load_catalog
-
-    return bundled_catalog() if cfg.catalog == "bundled" else load_catalog(cfg.catalog)
 
 
 class ConstructBatch:
@@ -50,7 +45,7 @@ class ConstructBatch:
         self.cfg = ConstructConfig.model_validate(cfg)
         self.seed = seed
         self.fault_marker = fault_marker
-        self.tools = {t.name: t for t in load_tools_for(self.cfg)}
+        self.tools = {t.name: t for t in resolve_catalog(self.cfg.catalog)}
         self.engine = build_engine(self.cfg.generator)
         self.sandbox = Sandbox(SandboxConfig(timeout_s=self.cfg.sandbox.timeout_s,
                                              memory_mb=self.cfg.sandbox.memory_mb), workers=1)
@@ -211,7 +206,7 @@ class ConstructBatch:
 
 
 def plans(cfg: ConstructConfig, seed: int) -> list[dict[str, Any]]:
-    tools = load_tools_for(cfg)
+    tools = resolve_catalog(cfg.catalog)
     domains: dict[str, list[str]] = {}
     for t in tools:
         domains.setdefault(t.domain, []).append(t.name)

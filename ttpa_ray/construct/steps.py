@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttpa_ray.toolcall import ToolSchema
+from ttpa_ray.toolcall import ToolSchema, json_schema_types
 
 SYSTEM = "You write realistic data for training AI assistants that use tools. Follow the instructions exactly."
 
@@ -156,18 +156,20 @@ def query_messages(scenario: str, memory: list[dict[str, Any]], answer: str) -> 
 
 
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
-    """Parameters schema for constrained decoding: no invented keys at any level."""
+    """Parameters schema for constrained decoding: JSON Schema type names, no invented keys at
+    any level."""
+    return _closed(json_schema_types(schema))
+
+
+def _closed(schema: dict[str, Any]) -> dict[str, Any]:
     out = dict(schema)
-    if out.get("type") in ("object", "dict") and isinstance(out.get("properties"), dict):
-        out["type"] = "object"
-        out["properties"] = {k: _strict(v) for k, v in out["properties"].items()}
+    if out.get("type") == "object" and isinstance(out.get("properties"), dict):
+        out["properties"] = {k: _closed(v) for k, v in out["properties"].items()}
         out["additionalProperties"] = False
     if isinstance(out.get("items"), dict):
-        out["items"] = _strict(out["items"])
-    t = out.get("type")
-    out["type"] = {"float": "number", "dict": "object", "tuple": "array"}.get(t, t) if isinstance(t, str) else t
+        out["items"] = _closed(out["items"])
     if out.get("type") is None:
-        out.pop("type")
+        out.pop("type", None)
     return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from ttpa_ray.config import EngineConfig, PoolConfig
 from ttpa_ray.engines.build import build_engine
 from ttpa_ray.engines.base import Generation, SamplingParams
+from ttpa_ray.columns import object_column
 
 
 def pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
@@ -80,18 +81,13 @@ class GenerateBatch:
         except Exception as exc:  # noqa: BLE001 - a failed batch becomes error rows, never a dead stage
             gens = [Generation(prompt_token_ids=[], error=f"{type(exc).__name__}: {exc}") for _ in prompts]
         out = dict(batch)
-        out["prompt_token_ids"] = _objects([g.prompt_token_ids for g in gens])
-        out["completions"] = _objects([
+        out["prompt_token_ids"] = object_column([g.prompt_token_ids for g in gens])
+        out["completions"] = object_column([
             [{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason or ""} for c in g.completions]
             for g in gens])
-        out["error"] = np.array([g.error for g in gens], dtype=object)
+        out["error"] = object_column([g.error for g in gens])
         if self.params.logprobs is not None or self.params.prompt_logprobs is not None:
             out["logprobs_json"] = np.array([json.dumps({
                 "prompt": g.prompt_logprobs, "completions": [c.logprobs for c in g.completions]}) for g in gens])
         return out
 
-
-def _objects(items: list[Any]) -> np.ndarray:
-    arr = np.empty(len(items), dtype=object)
-    arr[:] = items
-    return arr

@@ -34,11 +34,11 @@ def build_engine(cfg: EngineConfig) -> Engine:
     from ttpa_ray.models.registry import resolve
 
     path = str(resolve(cfg.model))
-    dtype = cfg.dtype
-    if dtype == "auto":
-        import torch
+    import torch
 
-        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    from ttpa_ray.models.registry import resolve_dtype
+
+    dtype = resolve_dtype(cfg.dtype, use_gpu=torch.cuda.is_available())
     if cfg.backend == "vllm":
         from ttpa_ray.engines.vllm_engine import VLLMEngine
 

@@ -30,13 +30,13 @@ counts as wrong (and 0 in ``mean_esm``) everywhere, and is counted in ``generati
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ttpa_ray.toolcall import TYPE_ALIASES, load_tools, parse_calls
+from ttpa_ray.instances import is_held_out, turn_rows
+from ttpa_ray.toolcall import json_schema_types, load_tools, parse_calls
 
 BFCL_FILES = {"simple": "simple_python", "multiple": "multiple", "parallel": "parallel",
               "parallel_multiple": "parallel_multiple", "irrelevance": "irrelevance"}
@@ -51,44 +51,12 @@ still show up when equal name multisets are matched across calls)."""
 # --------------------------------------------------------------------------- split and rows
 
 
-def is_held_out(instance_id: int, fraction: float, seed: int) -> bool:
-    """Is this constructed instance held out of sampling and training? A hash of (seed, id):
-    stable across runs and machines, independent of the other instances.
-
-    >>> [is_held_out(i, 0.5, seed=0) for i in range(6)] == [is_held_out(i, 0.5, seed=0) for i in range(6)]
-    True
-    >>> is_held_out(3, 0.0, seed=0), is_held_out(3, 1.0, seed=0)
-    (False, True)
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"held_out_fraction must be in [0, 1], got {fraction}")
-    digest = hashlib.sha256(f"ttpa-held-out:{seed}:{int(instance_id)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def _json_schema_types(spec: Any) -> Any:
-    """BFCL writes Python type names (dict, float, tuple ...): prompts get JSON Schema names."""
-    if isinstance(spec, list):
-        return [_json_schema_types(x) for x in spec]
-    if not isinstance(spec, dict):
-        return spec
-    out = {k: _json_schema_types(v) for k, v in spec.items()}
-    t = spec.get("type")
-    if isinstance(t, str):
-        out["type"] = TYPE_ALIASES.get(t, t)
-    elif isinstance(t, list):
-        out["type"] = [TYPE_ALIASES.get(x, x) for x in t]
-    if isinstance(spec.get("properties"), dict):  # parameter names are data, never types
-        out["properties"] = {k: _json_schema_types(v) for k, v in spec["properties"].items()}
-    return out
-
-
 def prompt_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
     """Tool schemas in OpenAI form with JSON Schema types, as chat templates take them."""
     out = []
     for t in load_tools(tools):
         fn = t.openai()
-        fn["function"]["parameters"] = _json_schema_types(fn["function"]["parameters"])
+        fn["function"]["parameters"] = json_schema_types(fn["function"]["parameters"])
         out.append(fn)
     return out
 
@@ -104,8 +72,6 @@ def bfcl_row(entry: dict[str, Any], category: str) -> dict[str, Any]:
 
 def held_out_rows(instances: Iterable[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
     """One eval row per assistant turn with gold calls of each held-out instance."""
-    from ttpa_ray.sample.stage import turn_rows
-
     held = [i for i in instances if is_held_out(int(i["id"]), fraction, seed)]
     return [{"category": "held_out", "id": f"{t['instance_id']}:{t['turn_index']}", "instance_id": t["instance_id"],
              "turn_index": t["turn_index"], "messages_json": t["prompt_json"], "tools_json": t["tools_json"],

@@ -13,7 +13,7 @@ trained checkpoint. Everything runs in one Ray Data pass: the engine actor pool
 1. **Single turns**: BFCL v4 AST categories from the ``bfcl-eval`` wheel
    (``evaluate.categories``, the first ``max_per_category`` entries of each), scored against
    BFCL's possible answers; and every assistant turn with gold calls of the held-out
-   instances (:func:`~ttpa_ray.evaluate.metrics.is_held_out` of (instance id, ``seed``,
+   instances (:func:`~ttpa_ray.instances.is_held_out` of (instance id, ``seed``,
    ``held_out_fraction``): the sample stage leaves the same instances out), scored against
    the gold calls. Each prompt is rendered with the model's own chat template and tools and
    generated greedily.
@@ -48,19 +48,13 @@ import numpy as np
 from ttpa_ray.evaluate import metrics as em
 from ttpa_ray.config import EngineConfig, EvaluateConfig, ScoreConfig
 from ttpa_ray.engines.base import Generation, SamplingParams
-from ttpa_ray.score.stage import nulls_as_none
 from ttpa_ray.toolcall import parse_calls
+from ttpa_ray.columns import none_if_nan, nulls_as_none, object_column
 
 log = logging.getLogger(__name__)
 
 _TURN_COLS = ("prompt", "prediction", "finish_reason", "completion_tokens", "generation_error", "esm_score",
               "errors", "valid", "score_error")
-
-
-def _column(values: list[Any]) -> np.ndarray:
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
 
 
 def _generate(engine: Any, convs: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
@@ -95,13 +89,13 @@ class EvalBatch:
     (None when it succeeded), and for the episode ``steps``, ``final``, ``failure``,
     ``calls_json`` (every call made) and ``trace_json`` (the messages the episode added)."""
 
-    def __init__(self, engine: dict[str, Any], params: dict[str, Any]):
+    def __init__(self, engine: dict[str, Any], params: dict[str, Any], catalog: str = "bundled"):
         from ttpa_ray.engines.build import build_engine
-        from ttpa_ray.tools.catalog import bundled_catalog
+        from ttpa_ray.tools.catalog import resolve_catalog
 
         self.engine = build_engine(EngineConfig.model_validate(engine))
         self.params = SamplingParams(**params)
-        self.impls = {t.name: t.impl for t in bundled_catalog() if t.impl}
+        self.impls = {t.name: t.impl for t in resolve_catalog(catalog) if t.impl}
         self.sandbox: Any = None  # started on the first call to execute
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -127,12 +121,12 @@ class EvalBatch:
                 self._execute(pending)
         out = nulls_as_none(batch)
         for k, name in enumerate(("prompt", "prediction", "finish_reason", "completion_tokens", "generation_error")):
-            out[name] = _column([s["first"][k] for s in states])
+            out[name] = object_column([s["first"][k] for s in states])
         out["steps"] = np.array([s["steps"] for s in states], dtype=np.int64)
         out["final"] = np.array([s["final"] for s in states], dtype=bool)
-        out["failure"] = _column([s["failure"] for s in states])
-        out["calls_json"] = _column([json.dumps(s["calls"], ensure_ascii=False) for s in states])
-        out["trace_json"] = _column([json.dumps(s["trace"], ensure_ascii=False) for s in states])
+        out["failure"] = object_column([s["failure"] for s in states])
+        out["calls_json"] = object_column([json.dumps(s["calls"], ensure_ascii=False) for s in states])
+        out["trace_json"] = object_column([json.dumps(s["trace"], ensure_ascii=False) for s in states])
         return out
 
     def _take_turn(self, s: dict[str, Any], g: Generation, step: int) -> list[tuple[dict[str, Any], Any, str]]:
@@ -198,20 +192,21 @@ _MISSING = "row missing from the pipeline output (a bug: please report it)"
 
 
 def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig,
-         seed: int) -> dict[int, dict[str, Any]]:
+         seed: int, catalog: str) -> dict[int, dict[str, Any]]:
     """Generate (engine pool) and ESM-score (scoring pool) every row in one Ray Data pass;
     results by ``row``. Episode rows have no gold: their score columns are not used."""
     import ray
 
     from ttpa_ray.engines.actors import pool_kwargs
-    from ttpa_ray.score.stage import none_if_nan, score_dataset
+    from ttpa_ray.score.stage import score_dataset
 
     if not rows:
         return {}
     params = {"max_tokens": cfg.max_tokens, "temperature": 0.0, "seed": seed}
     ds = ray.data.from_items([{k: r[k] for k in _SENT} for r in rows],
                              override_num_blocks=max(1, len(rows) // engine.pool.batch_size))
-    ds = ds.map_batches(EvalBatch, fn_constructor_kwargs={"engine": engine.model_dump(), "params": params},
+    ds = ds.map_batches(EvalBatch, fn_constructor_kwargs={"engine": engine.model_dump(), "params": params,
+                                                          "catalog": catalog},
                         **pool_kwargs(engine.pool))
     return {int(r["row"]): {k: none_if_nan(v) for k, v in r.items() if k not in _SENT}
             for r in score_dataset(ds, score).take_all()}
@@ -253,12 +248,13 @@ def _write(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_evaluate(cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig, model: str, instances: Path | None,
-                 out: Path, seed: int = 0) -> dict[str, Any]:
+                 out: Path, seed: int = 0, catalog: str = "bundled") -> dict[str, Any]:
     """Evaluate ``model`` (replacing ``engine.model``); write ``out/`` (see the module doc) and
-    return the counts for the stage manifest."""
+    return the counts for the stage manifest. ``catalog`` (the job's ``construct.catalog``)
+    holds the implementations the pass-rate episodes run."""
     from ttpa_ray.evaluate.bfcl import load_category
     from ttpa_ray.models.registry import resolve
-    from ttpa_ray.tools.catalog import bundled_catalog
+    from ttpa_ray.tools.catalog import resolve_catalog
 
     engine = engine.model_copy(update={"model": model})
     if engine.backend == "openai" and not engine.tokenizer:
@@ -275,13 +271,13 @@ def run_evaluate(cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig, 
         r |= {"kind": "turn", "max_steps": 1}
     run_pass_rate = cfg.pass_rate and not skipped
     if run_pass_rate:
-        executable = {t.name for t in bundled_catalog() if t.impl}
+        executable = {t.name for t in resolve_catalog(catalog) if t.impl}
         rows += [e | {"kind": "episode", "max_steps": cfg.max_steps, "prompt_tools_json": e["tools_json"],
                       "gold_json": None, "possible_answer_json": None}
                  for e in em.episode_rows(instance_rows, cfg.held_out_fraction, seed, executable)]
     for i, r in enumerate(rows):
         r["row"] = i
-    results = _run(rows, cfg, engine, score, seed)
+    results = _run(rows, cfg, engine, score, seed, catalog)
     turns = [_finish_turn(r, results.get(r["row"])) for r in rows if r["kind"] == "turn"]
     episodes = [_finish_episode(r, results.get(r["row"])) for r in rows if r["kind"] == "episode"]
     bfcl = [r for r in turns if r["category"] != "held_out"]

@@ -15,6 +15,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ttpa_ray.runtime import cache_dir, setup_env
 
@@ -28,13 +29,34 @@ class ModelError(RuntimeError):
     pass
 
 
-def _builders() -> dict[str, Callable[[Path], dict]]:
+def _builders() -> dict[str, Callable[[Path, str], dict]]:
     from ttpa_ray.models import smollm2, tiny_random
 
     return {"smollm2-135m-instruct": smollm2.build, "tiny-random": tiny_random.build}
 
 
 BUNDLED = ("smollm2-135m-instruct", "tiny-random")
+
+
+def resolve_dtype(name: str, use_gpu: bool) -> str:
+    """A config's ``dtype`` as torch names it. ``auto`` is bfloat16 on a GPU and float32 on a
+    CPU: the CPUs seen here have no AVX-512, so bf16 is emulated and slower than fp32.
+
+    >>> resolve_dtype("auto", use_gpu=False), resolve_dtype("auto", use_gpu=True), resolve_dtype("float16", False)
+    ('float32', 'bfloat16', 'float16')
+    """
+    if name == "auto":
+        return "bfloat16" if use_gpu else "float32"
+    if name not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype must be auto, bfloat16, float16 or float32; got {name!r}")
+    return name
+
+
+def torch_dtype(name: str, use_gpu: bool) -> Any:
+    """:func:`resolve_dtype` as a ``torch.dtype``."""
+    import torch
+
+    return getattr(torch, resolve_dtype(name, use_gpu))
 
 
 def tool_chat_template() -> str:
@@ -91,7 +113,7 @@ def _prepare(name: str, target: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     log.info("preparing %s into %s (once)", name, target)
-    info = _builders()[name](tmp)
+    info = _builders()[name](tmp, tool_chat_template())
     check_folder(tmp)
     (tmp / MARKER).write_text(json.dumps({"name": name, **info}, indent=2))
     shutil.rmtree(target, ignore_errors=True)

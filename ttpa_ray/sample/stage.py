@@ -37,24 +37,11 @@ import numpy as np
 from ttpa_ray.sample import tps
 from ttpa_ray.config import EngineConfig, SampleConfig, ScoreConfig
 from ttpa_ray.engines.base import SamplingParams
+from ttpa_ray.instances import is_held_out, turn_rows
 from ttpa_ray.toolcall import ToolCall, render_with_template
+from ttpa_ray.columns import none_if_nan, object_column
 
 log = logging.getLogger(__name__)
-
-
-def turn_rows(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per assistant message that holds a gold tool call."""
-    rows = []
-    for inst in instances:
-        msgs = json.loads(inst["messages"])
-        for i, m in enumerate(msgs):
-            if m["role"] == "assistant" and m.get("tool_calls"):
-                calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
-                         for c in m["tool_calls"]]
-                rows.append({"instance_id": int(inst["id"]), "turn_index": i, "tools_json": inst["tools"],
-                             "prompt_json": json.dumps(msgs[:i], ensure_ascii=False),
-                             "gold_json": json.dumps(calls, ensure_ascii=False)})
-    return rows
 
 
 class SampleBatch:
@@ -105,7 +92,7 @@ class SampleBatch:
                                "branch_position": -1, "branch_prob": 1.0, "error": None})
             for c in t["candidates"]:
                 out.append(base | {"is_gold": False, **c, "error": None})
-        return {k: _column([r[k] for r in out]) for k in out[0]} if out else {}
+        return {k: object_column([r[k] for r in out]) for k in out[0]} if out else {}
 
     def _clip(self, ids: list[int], start: int) -> list[int]:
         """End a tool-call turn after its last complete call: prose a small model rambles on
@@ -176,12 +163,6 @@ class SampleBatch:
                 t["error"] = f"sampling: {g.error}"
 
 
-def _column(values: list[Any]) -> np.ndarray:
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
-
-
 def build_pairs(scored: list[dict[str, Any]], threshold: float, mode: str) -> tuple[list[dict[str, Any]], dict]:
     turns: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for r in scored:
@@ -222,13 +203,12 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
 
     from ttpa_ray.engines.actors import pool_kwargs
     from ttpa_ray.models.registry import resolve
-    from ttpa_ray.score.stage import none_if_nan, score_dataset
+    from ttpa_ray.score.stage import score_dataset
 
     if target.backend == "openai":
         raise ValueError("sample needs token-level access to the target (prompt_logprobs, token ids): use "
                          "target.backend vllm or transformers")
     resolve(target.model)
-    from ttpa_ray.evaluate.metrics import is_held_out
 
     rows = pq.read_table(instances).to_pylist()
     kept = [r for r in rows if not is_held_out(r["id"], held_out_fraction, seed)]

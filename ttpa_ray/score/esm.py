@@ -49,24 +49,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttpa_ray.score.values import same, type_ok, value_ok, value_points
-from ttpa_ray.toolcall import DECODE_FAILED, ToolCall, ToolSchema, _as_call, _Bad, calls_from_json, load_tool, parse_calls
+from ttpa_ray.config import ESMWeights
+from ttpa_ray.score.values import same, value_ok, value_points
+from ttpa_ray.toolcall import (DECODE_FAILED, CallFormatError, ToolCall, ToolSchema, as_call, calls_from_json, load_tool,
+                               parse_calls, type_ok)
 
 ERROR_CODES = ("decode_failed", "wrong_count", "missing_call", "unexpected_call", "wrong_func_name",
                "missing_required", "missing_optional", "unexpected_param", "type_error", "value_error")
-
-
-@dataclass(frozen=True)
-class ESMWeights:
-    name: float = 3.0
-    required: float = 3.0
-    key: float = 1.0
-    type: float = 2.0
-    value: float = 2.0
-
-    @property
-    def total(self) -> float:
-        return self.name + self.required + self.key + self.type + self.value
 
 
 DEFAULT_WEIGHTS = ESMWeights()
@@ -124,7 +113,7 @@ def _gold_typed(value: Any, gold: GoldCall, key: str, spec: dict[str, Any]) -> b
 def gold_from_calls(calls: Sequence[ToolCall | dict[str, Any]]) -> list[GoldCall]:
     out = []
     for c in calls:
-        call = c if isinstance(c, ToolCall) else _as_call(c)
+        call = c if isinstance(c, ToolCall) else as_call(c)
         out.append(GoldCall(call.name, {k: [v] for k, v in call.arguments.items()}, concrete=True))
     return out
 
@@ -353,10 +342,10 @@ def esm_score(prediction: Any, tools: Sequence[Any], gold: Sequence[Any] | None 
             if prediction is None:
                 preds = []
             elif isinstance(prediction, (list, tuple)):
-                preds = [c if isinstance(c, ToolCall) else _as_call(c) for c in prediction]
+                preds = [c if isinstance(c, ToolCall) else as_call(c) for c in prediction]
             else:
                 preds = calls_from_json(prediction)
-        except _Bad as exc:
+        except CallFormatError as exc:
             return ESMResult(0.0, [DECODE_FAILED], False, [str(exc)])
     if not golds:
         if preds:

@@ -26,6 +26,7 @@ import numpy as np
 from ttpa_ray.config import ScoreConfig
 from ttpa_ray.score.esm import ESMWeights, esm_score
 from ttpa_ray.toolcall import ToolSchema, load_tools
+from ttpa_ray.columns import none_if_nan, nulls_as_none, object_column
 
 
 class ScoreBatch:
@@ -39,11 +40,10 @@ class ScoreBatch:
         self._impls: dict[str, str] = {}
         self._sandbox: Any = None
         if execution_check:
-            from ttpa_ray.tools.catalog import bundled_catalog, load_catalog
+            from ttpa_ray.tools.catalog import resolve_catalog
             from ttpa_ray.tools.sandbox import Sandbox
 
-            tools = bundled_catalog() if catalog == "bundled" else load_catalog(catalog)
-            self._impls = {t.name: t.impl for t in tools if t.impl}
+            self._impls = {t.name: t.impl for t in resolve_catalog(catalog) if t.impl}
             self._sandbox = Sandbox()
 
     def execution_match(self, result: Any, gold: list[dict[str, Any]] | None) -> bool | None:
@@ -103,34 +103,12 @@ class ScoreBatch:
             match.append(m)
         out = nulls_as_none(batch)
         out["esm_score"] = np.array(scores, dtype=np.float64)
-        arr = np.empty(n, dtype=object)
-        arr[:] = errors
-        out["errors"] = arr
+        out["errors"] = object_column(errors)
         out["valid"] = np.array(valid, dtype=bool)
-        out["score_error"] = np.array(bad, dtype=object)
+        out["score_error"] = object_column(bad)
         if self._sandbox is not None:
-            out["execution_match"] = np.array(match, dtype=object)
+            out["execution_match"] = object_column(match)
         return out
-
-
-def nulls_as_none(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Pass-through columns that were all null in their block arrive as NaN floats; handed on
-    as floats they clash with the same column as strings in another block (Arrow cannot unify
-    float and string). Turned back into None, they become Arrow nulls, which unify with any type."""
-    out = dict(batch)
-    for k, v in batch.items():
-        if v.dtype.kind == "f" and len(v) and bool(np.isnan(v).all()):
-            col = np.empty(len(v), dtype=object)
-            col[:] = None
-            out[k] = col
-    return out
-
-
-def none_if_nan(x: Any) -> Any:
-    # An all-null Arrow column arrives as NaN floats (np.float32 included).
-    if x is None or (isinstance(x, (float, np.floating)) and x != x):
-        return None
-    return x
 
 
 def score_dataset(ds: Any, cfg: ScoreConfig) -> Any:

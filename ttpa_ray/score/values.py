@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ttpa_ray.toolcall import normalize_type
 
 _STD_RE = re.compile(r"[ ,./\-_*^]")
 
@@ -90,31 +89,3 @@ def value_points(value: Any, acceptable: list[Any], concrete: bool) -> float:
         if best == 1.0:
             break
     return best
-
-
-_PY_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
-                                          "boolean": (bool,), "array": (list, tuple), "object": (dict,),
-                                          "null": (type(None),)}
-
-
-def type_ok(value: Any, spec: dict[str, Any]) -> bool:
-    """JSON type of ``value`` matches the parameter schema (arrays checked item by item)."""
-    t = spec.get("type")
-    tv = type(value)
-    if (t == "string" and tv is str) or (t == "integer" and tv is int) or (t in ("number", "float") and tv in (int, float)):
-        return True
-    t = normalize_type(t)
-    if t is None or t == "any":
-        return True
-    types = t if isinstance(t, list) else [t]
-    for ty in types:
-        py = _PY_TYPES.get(ty)
-        if py is None:
-            return True
-        if isinstance(value, bool) and ty in ("integer", "number"):
-            continue
-        if isinstance(value, py):
-            if ty == "array" and isinstance(spec.get("items"), dict):
-                return all(type_ok(x, spec["items"]) for x in value)
-            return True
-    return False

@@ -3,7 +3,7 @@
 Tools span weather, travel, finance, calendar, units, math, search and recipes. Their schemas
 and examples live next to their implementations (``SPECS`` at the end of each module of
 :mod:`ttpa_ray.tools.impl`); this module validates them with :func:`ttpa_ray.toolcall.load_tool`
-and wraps them as :class:`~ttpa_ray.tools.catalog.Tool`. Implementations are deterministic, read only
+and wraps them as :class:`~ttpa_ray.tools.tool.Tool`. Implementations are deterministic, read only
 bundled data (``ttpa_ray/tools/data``), and raise ``ValueError`` on bad arguments.
 
     from ttpa_ray.tools.bundled import CATALOG, call_tool
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ttpa_ray.toolcall import SchemaError, load_tool
-from ttpa_ray.tools.catalog import Tool
+from ttpa_ray.tools.tool import Tool
 
 DOMAIN_MODULES = ("weather", "travel", "transport", "finance", "calendar", "units", "mathstats", "search", "recipes")
 

@@ -13,38 +13,23 @@ an implementation get results simulated by the generator model (marked in the da
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttpa_ray.toolcall import SchemaError, ToolSchema, load_tool
+from ttpa_ray.toolcall import SchemaError, load_tool
+from ttpa_ray.tools.bundled import CATALOG
+from ttpa_ray.tools.tool import Tool
 
 
-@dataclass(frozen=True)
-class Tool:
-    schema: ToolSchema
-    domain: str = "general"
-    impl: str | None = None
-    """``"module:function"`` of a deterministic implementation, or None (simulated)."""
-    examples: tuple[dict[str, Any], ...] = field(default=())
-    """Argument dicts known to execute successfully (few-shot examples and tests)."""
-
-    @property
-    def name(self) -> str:
-        return self.schema.name
-
-    @property
-    def executable(self) -> bool:
-        return self.impl is not None
-
-    def openai(self) -> dict[str, Any]:
-        return self.schema.openai()
+def resolve_catalog(source: str) -> list[Tool]:
+    """The tools a job's ``catalog`` names: ``"bundled"`` or a path for :func:`load_catalog`. The
+    one place a catalog is chosen: construction draws from it, scoring and the pass-rate
+    episodes run its implementations."""
+    return bundled_catalog() if source == "bundled" else load_catalog(source)
 
 
 def bundled_catalog() -> list[Tool]:
-    """The executable catalog shipped with ttpa_ray (see ``ttpa_ray/tools/catalog.py``)."""
-    from ttpa_ray.tools.bundled import CATALOG
-
+    """The executable catalog shipped with ttpa_ray (see ``ttpa_ray/tools/bundled.py``)."""
     return list(CATALOG)
 
 

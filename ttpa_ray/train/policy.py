@@ -1,6 +1,6 @@
 """DeepSpeed behind a small facade, so the training loop reads like the algorithm:
 
-    policy = Policy.create(model_dir, cfg, world, total_steps, use_gpu)
+    policy = create_policy(model_dir, cfg, world, total_steps, use_gpu)   # ttpa_ray.train.stage
     logps = pair_logps(policy.module, batch)     # forward
     policy.backward(loss)                         # scaled for accumulation by DeepSpeed
     stepped = policy.step()                       # True at an accumulation boundary
@@ -9,33 +9,30 @@
 
 ZeRO stages 0-3 with optional CPU offload; bf16 on GPUs, fp32 (or bf16) on CPUs over gloo.
 The optimizer is torch's AdamW and the schedule a torch LambdaLR, handed to DeepSpeed, which
-steps, clips, checkpoints and restores them.
+steps, clips, checkpoints and restores them. This module builds them
+(:func:`policy_parts`) and wraps the engine ``deepspeed.initialize`` returns; the one call into
+DeepSpeed itself is in :func:`ttpa_ray.train.stage.create_policy`.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ttpa_ray.config import TrainConfig
+from ttpa_ray.models.registry import torch_dtype
 from ttpa_ray.train.plan import deepspeed_config, lr_factor
 
 log = logging.getLogger(__name__)
 
 _TAG = "ds"  # DeepSpeed checkpoint tag inside a checkpoint folder
-
-
-def resolve_dtype(cfg: TrainConfig, use_gpu: bool) -> torch.dtype:
-    if cfg.dtype == "auto":
-        return torch.bfloat16 if use_gpu else torch.float32
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -45,46 +42,58 @@ def disable_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
+@dataclass
+class PolicyParts:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ds_config: dict[str, Any]
+    hf_ds_config: Any  # HfDeepSpeedConfig under ZeRO-3 (keeps ZeRO-3 aware loading alive), else None
+
+
+def policy_parts(model_dir: Path, cfg: TrainConfig, world: int, total_steps: int, use_gpu: bool) -> PolicyParts:
+    """What ``deepspeed.initialize`` takes: the model (LoRA-wrapped if ``train.lora.r``), torch's
+    AdamW over its trainable parameters, the LR schedule and the DeepSpeed config."""
+    from transformers import AutoConfig
+
+    dtype = torch_dtype(cfg.dtype, use_gpu)
+
+    hidden = getattr(AutoConfig.from_pretrained(model_dir), "hidden_size", None)
+    ds_config = deepspeed_config(cfg, world, bf16=dtype == torch.bfloat16, hidden_size=hidden)
+    hf_ds = None
+    if cfg.zero_stage == 3:
+        # Loaded straight into ZeRO-3 partitions: no rank ever holds the whole model.
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds = HfDeepSpeedConfig(ds_config)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.r:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                 lora_dropout=cfg.lora.dropout,
+                                                 target_modules=list(cfg.lora.target_modules),
+                                                 task_type="CAUSAL_LM"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, kind=cfg.lr_scheduler, warmup=warmup, total=total_steps))
+    return PolicyParts(model, optimizer, scheduler, ds_config, hf_ds)
+
+
 class Policy:
+    """A DeepSpeed engine as the training loop uses it."""
+
     def __init__(self, engine: Any, cfg: TrainConfig, source: Path, hf_ds_config: Any = None):
         self.engine = engine
         self.cfg = cfg
         self.source = source
         self._hf_ds_config = hf_ds_config  # keeps ZeRO-3 aware loading alive
         self._norm: float | None = None
-
-    @classmethod
-    def create(cls, model_dir: Path, cfg: TrainConfig, world: int, total_steps: int, use_gpu: bool) -> Policy:
-        dtype = resolve_dtype(cfg, use_gpu)
-        from transformers import AutoConfig
-
-        hidden = getattr(AutoConfig.from_pretrained(model_dir), "hidden_size", None)
-        ds_config = deepspeed_config(cfg, world, bf16=dtype == torch.bfloat16, hidden_size=hidden)
-        hf_ds = None
-        if cfg.zero_stage == 3:
-            # Loaded straight into ZeRO-3 partitions: no rank ever holds the whole model.
-            from transformers.integrations import HfDeepSpeedConfig
-
-            hf_ds = HfDeepSpeedConfig(ds_config)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        disable_dropout(model)
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.lora.r:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                     lora_dropout=cfg.lora.dropout,
-                                                     target_modules=list(cfg.lora.target_modules),
-                                                     task_type="CAUSAL_LM"))
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        warmup = int(cfg.warmup_ratio * total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, partial(lr_factor, kind=cfg.lr_scheduler, warmup=warmup, total=total_steps))
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=ds_config)
-        return cls(engine, cfg, Path(model_dir), hf_ds)
 
     @property
     def module(self) -> torch.nn.Module:

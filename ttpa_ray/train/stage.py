@@ -1,11 +1,14 @@
-"""Preference optimisation on Ray Train + DeepSpeed ZeRO (``ttpa train JOB``).
+"""The ``reference`` and ``train`` stages: Ray Data and Ray Train + DeepSpeed ZeRO around the
+pure parts of this folder (``ttpa reference JOB``, ``ttpa train JOB``).
 
-Input: ``reference/pairs.parquet`` (pairs with reference log-probs, computed once by the
-reference stage: no reference model is held here). Each worker reads the pairs through
+reference: :func:`run_reference` computes the reference log-probs of every pair once, on a
+pool of :class:`~ttpa_ray.train.reference.ReferenceBatch` actors; training holds no reference
+model.
+
+train: input ``reference/pairs.parquet``. Each Ray Train worker reads the pairs through
 ``ray.train.get_dataset_shard`` (every worker sees all pairs and takes its share of each global
-batch, see :mod:`ttpa_ray.train.plan`), runs the shared-prefix forward
-(:mod:`ttpa_ray.train.pair_forward`) and the DPO-family loss (:mod:`ttpa_ray.train.losses`), and steps
-DeepSpeed (:mod:`ttpa_ray.train.policy`).
+batch, see :mod:`ttpa_ray.train.plan`), builds DeepSpeed (:func:`create_policy`, the facade is
+:mod:`ttpa_ray.train.policy`) and runs :func:`ttpa_ray.train.loop.run_steps`.
 
 Checkpoints go through ``ray.train.report`` to ``train.storage_path`` every
 ``checkpoint_every`` steps (each rank's ZeRO shards + ``state.json`` with the step and the
@@ -25,27 +28,26 @@ import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
-import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ttpa_ray.columns import none_if_nan
+from ttpa_ray.config import ReferenceConfig, TrainConfig
 from ttpa_ray.train import plan
-from ttpa_ray.config import TrainConfig
-from ttpa_ray.train.losses import dpo_loss, sft_loss
-from ttpa_ray.train.memory_profile import TensorMemoryProfile
+from ttpa_ray.train.loop import (Hook, MemoryStepProfile, ProgressHook, TensorBoardHook, kill_after_step,
+                                 prepare_pairs, run_steps)
+from ttpa_ray.train.policy import Policy, policy_parts
 
 log = logging.getLogger(__name__)
 
@@ -58,73 +60,26 @@ FAULT_ENV = "TTPA_FAULT_KILL_TRAIN_WORKER_AT_STEP"
 # the parameters, their gradients and the optimizer states, so all of them are counted;
 # ttpa_ray/train/memory_profile.py), returned as ``peak_tensor_mb_per_rank``. Slows that step.
 PROFILE_ENV = "TTPA_PROFILE_MEMORY_STEP"
-COLUMNS = ["id", "prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "divergence_index",
-           "ref_chosen_logps", "ref_rejected_logps", "weight"]
 
 
 # --------------------------------------------------------------------------- worker side
+
+
+def create_policy(model_dir: Path, cfg: TrainConfig, world: int, total_steps: int, use_gpu: bool) -> Policy:
+    """The model, AdamW and the LR schedule (:func:`~ttpa_ray.train.policy.policy_parts`) handed
+    to ``deepspeed.initialize``. Needs an initialised process group."""
+    import deepspeed
+
+    parts = policy_parts(model_dir, cfg, world, total_steps, use_gpu)
+    engine, _, _, _ = deepspeed.initialize(model=parts.model, optimizer=parts.optimizer,
+                                           lr_scheduler=parts.scheduler, config=parts.ds_config)
+    return Policy(engine, cfg, Path(model_dir), parts.hf_ds_config)
 
 
 def _load_pairs() -> pa.Table:
     shard = ray.train.get_dataset_shard("train")
     table = pa.concat_tables(list(shard.iter_batches(batch_format="pyarrow", batch_size=1024)))
     return table.sort_by("id")  # a stable order to permute, whatever order the blocks arrive in
-
-
-def _rows(table: pa.Table, idx: list[int]) -> list[dict[str, Any]]:
-    return table.take(idx).to_pylist()
-
-
-class _Metrics:
-    """Per-step sums over this rank's pairs, all-reduced into global means."""
-
-    def __init__(self) -> None:
-        self.sums = torch.zeros(6, dtype=torch.float64)  # loss, r_c, r_r, acc, pairs, tokens
-        self.peak = torch.zeros(2, dtype=torch.float64)  # this rank's RSS now and at its peak (MB)
-
-    def add(self, losses: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, tokens: int) -> None:
-        self.sums += torch.tensor([losses.detach().sum().item(), rc.sum().item(), rr.sum().item(),
-                                   (rc > rr).float().sum().item(), len(losses), tokens], dtype=torch.float64)
-
-    def reduce(self) -> dict[str, float]:
-        import resource
-
-        import psutil
-
-        s = self.sums.clone()
-        self.peak[0] = psutil.Process().memory_info().rss / 2**20
-        self.peak[1] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KB on Linux
-        if dist.is_initialized():
-            dist.all_reduce(s)
-            dist.all_reduce(self.peak, op=dist.ReduceOp.MAX)
-        n = max(s[4].item(), 1.0)
-        return {"loss": s[0].item() / n, "rewards/chosen": s[1].item() / n, "rewards/rejected": s[2].item() / n,
-                "rewards/margins": (s[1] - s[2]).item() / n, "rewards/accuracies": s[3].item() / n,
-                "pairs": int(s[4].item()), "tokens": int(s[5].item()),
-                "rss_mb_max_rank": round(self.peak[0].item(), 1), "peak_rss_mb_max_rank": round(self.peak[1].item(), 1)}
-
-
-def _pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    from ttpa_ray.train.pair_forward import collate_pairs, pair_logps
-
-    batch = collate_pairs(rows, pad_token_id=pad_id).to(policy.device)
-    lp = pair_logps(policy.module, batch, prefix_weight=cfg.prefix_weight)
-    ref_c = torch.tensor([r["ref_chosen_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
-    ref_r = torch.tensor([r["ref_rejected_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
-    pc, pr = lp.chosen, lp.rejected
-    if cfg.loss_type == "ipo":  # IPO on per-token means (as TRL)
-        pc, pr = lp.mean()
-        ref_c, ref_r = ref_c / lp.chosen_tokens.clamp(min=1), ref_r / lp.rejected_tokens.clamp(min=1)
-    weights = torch.tensor([r["weight"] for r in rows], dtype=pc.dtype, device=policy.device)
-    losses, rc, rr = dpo_loss(pc, pr, ref_c, ref_r, beta=cfg.beta, loss_type=cfg.loss_type,
-                              label_smoothing=cfg.label_smoothing, weights=weights)
-    tokens = sum(len(r["prompt_token_ids"]) + len(r["chosen_token_ids"]) + len(r["rejected_token_ids"])
-                 for r in rows)
-    objective = losses.mean()
-    if cfg.sft_weight:
-        objective = objective + cfg.sft_weight * sft_loss(lp.chosen, lp.chosen_tokens)
-    return losses, rc, rr, objective, tokens
 
 
 def _report(policy: Any, state: dict[str, Any], rank: int, final: bool) -> None:
@@ -145,11 +100,27 @@ def _report(policy: Any, state: dict[str, Any], rank: int, final: bool) -> None:
             ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
+def _checkpoint_hook(policy: Policy, cfg: TrainConfig, rank: int, total: int) -> Hook:
+    def hook(state: dict[str, Any]) -> None:
+        if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < total:
+            _report(policy, state, rank, final=False)
+
+    return hook
+
+
+def _tensorboard(log_dir: str) -> TensorBoardHook | None:
+    try:
+        return TensorBoardHook(log_dir)
+    except Exception as exc:  # noqa: BLE001 - metrics.jsonl is still written
+        log.warning("TensorBoard logging off (%s): metrics.jsonl is still written", exc)
+        return None
+
+
 def train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker (a data-parallel rank): restore, run :func:`run_steps` with its
+    hooks, report the final model."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if config["use_gpu"] else "cpu")  # before deepspeed loads
     from transformers import AutoTokenizer
-
-    from ttpa_ray.train.policy import Policy
 
     cfg = TrainConfig.model_validate(config["train"])
     ctx = ray.train.get_context()
@@ -176,11 +147,10 @@ def train_loop(config: dict[str, Any]) -> None:
                     ray.train.report(state["history"][-1] if state["history"] else {"step": 0},
                                      checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
                 return
-    policy = Policy.create(model_dir, cfg, world, total, config["use_gpu"])
+    policy = create_policy(model_dir, cfg, world, total, config["use_gpu"])
     profile_step = 0 if restored else config.get("profile_memory_step", 0)
-    memory = TensorMemoryProfile(f"cuda:{ctx.get_local_rank()}" if config["use_gpu"] else "cpu")
-    if profile_step == 1:
-        memory.start()
+    memory = (MemoryStepProfile(profile_step, f"cuda:{ctx.get_local_rank()}" if config["use_gpu"] else "cpu", world)
+              if profile_step else None)
     if restored:
         with restored.as_directory() as d:
             policy.load_state(Path(d))
@@ -189,117 +159,21 @@ def train_loop(config: dict[str, Any]) -> None:
             print(f"train: restored from the checkpoint of step {state['step']}", flush=True)
     fault_step = config.get("fault_step", 0)
     writer = _tensorboard(config["log_dir"]) if rank == 0 else None
-    bar = _Progress(total, state["step"]) if rank == 0 else None
-
-    def on_step(state: dict[str, Any]) -> None:
-        row, step = state["history"][-1], state["step"]
-        if writer:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    writer.add_scalar(k, v, step)
-        if bar:
-            bar.update(row)
-        if profile_step and step == profile_step:
-            peaks: list[Any] = [None] * world
-            peak = round(memory.stop(), 1)
-            dist.all_gather_object(peaks, (peak, None if memory.start_mb is None else round(memory.start_mb, 1)))
-            state["peak_tensor_mb_per_rank"] = [p for p, _ in peaks]
-            state["step_start_tensor_mb_per_rank"] = [s for _, s in peaks]
-        if fault_step and step == fault_step and restored is None and rank == world - 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-            _report(policy, state, rank, final=False)
-        if profile_step and step == profile_step - 1:  # the next step only
-            memory.start()
-
+    hooks: list[Hook] = [memory.stop] if memory else []
+    hooks += [writer] if writer else []
+    hooks += [ProgressHook(total, state["step"])] if rank == 0 else []
+    if fault_step and restored is None and rank == world - 1:
+        hooks.append(kill_after_step(fault_step))
+    hooks.append(_checkpoint_hook(policy, cfg, rank, total))
+    hooks += [memory.start] if memory else []
     state = run_steps(policy, pairs, cfg, seed=config["seed"], rank=rank, world=world, total=total,
-                      pad_id=pad_id, state=state, on_step=on_step)
+                      pad_id=pad_id, state=state, hooks=hooks)
     _report(policy, state, rank, final=True)
     if writer:
         writer.close()
 
 
-def run_steps(policy: Any, pairs: pa.Table, cfg: TrainConfig, *, seed: int, rank: int, world: int, total: int,
-              pad_id: int, state: dict[str, Any], on_step: Callable[[dict[str, Any]], None] | None = None
-              ) -> dict[str, Any]:
-    """The DPO loop from ``state["step"]`` to ``total`` optimizer steps. Needs only an
-    initialised process group (Ray Train's, or a single local process in tests)."""
-    size = plan.global_batch_size(cfg.micro_batch_size, cfg.gradient_accumulation_steps, world)
-    per_epoch = plan.steps_per_epoch(len(pairs), size)
-    policy.train()
-    while state["step"] < total:
-        step = state["step"]
-        epoch, in_epoch = divmod(step, per_epoch)
-        batch = plan.global_batch(plan.epoch_order(len(pairs), seed, epoch), in_epoch, size)
-        metrics, t0, lr = _Metrics(), time.perf_counter(), policy.lr
-        for micro in plan.rank_micro_batches(batch, rank, world, cfg.micro_batch_size):
-            losses, rc, rr, loss, tokens = _pair_loss(policy, _rows(pairs, micro), cfg, pad_id)
-            policy.backward(loss)
-            policy.step()
-            metrics.add(losses, rc, rr, tokens)
-        row = {"step": step + 1, "epoch": epoch, **metrics.reduce(), "grad_norm": policy.grad_norm,
-               "lr": lr}
-        row["tokens_per_s"] = round(row["tokens"] / (time.perf_counter() - t0), 1)
-        state = state | {"step": step + 1, "history": state["history"] + [row]}
-        if on_step:
-            on_step(state)
-    return state
-
-
-def _tensorboard(log_dir: str) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(log_dir=log_dir)
-    except Exception as exc:  # noqa: BLE001 - metrics.jsonl is still written
-        log.warning("TensorBoard logging off (%s): metrics.jsonl is still written", exc)
-        return None
-
-
-class _Progress:
-    """One line per step (at most every ``every_s`` seconds) on rank 0: readable in the
-    driver's terminal and in ``ray job logs`` alike."""
-
-    def __init__(self, total: int, done: int, every_s: float = 5.0):
-        self.total, self.done, self.every_s = total, done, every_s
-        self.t0 = self.last = time.perf_counter()
-        self.start = done
-
-    def update(self, row: dict[str, Any]) -> None:
-        self.done = row["step"]
-        now = time.perf_counter()
-        if now - self.last < self.every_s and self.done not in (self.start + 1, self.total):
-            return
-        self.last = now
-        rate = (now - self.t0) / max(1, self.done - self.start)
-        print(f"train: step {self.done}/{self.total} ({100 * self.done // self.total}%) loss {row['loss']:.4f} "
-              f"margin {row['rewards/margins']:+.4f} acc {row['rewards/accuracies']:.2f} lr {row['lr']:.2e} "
-              f"| {rate:.2f} s/step, eta {rate * (self.total - self.done):.0f} s", flush=True)
-
-
 # --------------------------------------------------------------------------- driver side
-
-
-def _prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, int]]:
-    table = pq.read_table(pairs)
-    if table.num_rows == 0:
-        raise ValueError(f"{pairs} has no pairs: nothing to train on (see the sample stage's manifest)")
-    missing = [c for c in COLUMNS[:-1] if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{pairs} lacks columns {missing}: it must come from the reference stage (ttpa run ... "
-                         "--from reference)")
-    errors = table.column("ref_error").to_pylist() if "ref_error" in table.column_names else [None] * table.num_rows
-    keep = pa.array([e is None for e in errors])
-    table = table.filter(keep)
-    if cfg.pair_weights == "score_margin":
-        margin = [max(c - r, 0.0) for c, r in zip(table.column("chosen_score").to_pylist(),
-                                                   table.column("rejected_score").to_pylist())]
-        mean = sum(margin) / max(1, len(margin)) or 1.0
-        weights = [m / mean for m in margin]
-    else:
-        weights = [1.0] * table.num_rows
-    table = table.append_column("weight", pa.array(weights, pa.float64()))
-    return table.select(COLUMNS), {"pairs": table.num_rows, "pairs_with_ref_error": len(errors) - table.num_rows}
 
 
 def _worker_resources(cfg: TrainConfig) -> dict[str, float]:
@@ -314,7 +188,7 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
     from ttpa_ray.models.registry import resolve
 
     model_dir = resolve(model)
-    table, counts = _prepare_pairs(pairs, cfg)
+    table, counts = prepare_pairs(pairs, cfg)
     out.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage_path or str((out / "ray").resolve())
     name_file = out / "run_name.txt"
@@ -357,3 +231,50 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
             "final_reward_accuracy": last.get("rewards/accuracies"), "model": str(out / "model"),
             "train_seconds": round(time.time() - t0, 1), "run": f"{storage}/{name}",
             **{k: state[k] for k in ("peak_tensor_mb_per_rank", "step_start_tensor_mb_per_rank") if k in state}}
+
+
+# --------------------------------------------------------------------------- the reference stage
+
+
+def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: float, pairs: Path, out: Path
+                  ) -> dict[str, Any]:
+    """The ``reference`` stage: ``pairs`` (``sample/pairs.parquet``) on a pool of
+    :class:`~ttpa_ray.train.reference.ReferenceBatch` actors, written to ``out/pairs.parquet``
+    with every sample column kept and ``ref_chosen_logps``, ``ref_rejected_logps``, ``ref_error``
+    added."""
+    import pyarrow.parquet as pq
+
+    from ttpa_ray.engines.actors import pool_kwargs
+    from ttpa_ray.models.registry import resolve
+    from ttpa_ray.train.reference import REFERENCE_INPUTS, ReferenceBatch
+
+    model_dir = resolve(model)
+    table = pq.read_table(pairs)
+    out.mkdir(parents=True, exist_ok=True)
+    if table.num_rows == 0:
+        log.warning("%s has no pairs: nothing to score (see the sample manifest)", pairs)
+        pq.write_table(table, out / "pairs.parquet")
+        return {"pairs": 0, "ref_errors": 0}
+    missing = [c for c in REFERENCE_INPUTS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{pairs} lacks columns {missing}: it must come from the sample stage")
+    ds = ray.data.from_arrow(table).repartition(max(1, table.num_rows // cfg.pool.batch_size))
+    ds = ds.map_batches(ReferenceBatch, fn_constructor_kwargs={"model_dir": str(model_dir), "dtype": dtype,
+                                                               "prefix_weight": prefix_weight,
+                                                               "batch_size": cfg.batch_size},
+                        **pool_kwargs(cfg.pool))
+    rows = sorted(ds.take_all(), key=lambda r: r["id"])
+    for r in rows:
+        err = r["ref_error"]
+        r["ref_error"] = None if none_if_nan(err) is None else str(err)
+        for k in ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids"):
+            r[k] = [int(x) for x in r[k]]
+        for k, v in list(r.items()):
+            if isinstance(v, np.ndarray):
+                r[k] = v.tolist()
+    result = pa.Table.from_pylist(rows)
+    pq.write_table(result, out / "pairs.parquet")
+    errors = sum(r["ref_error"] is not None for r in rows)
+    if len(rows) != table.num_rows:
+        raise RuntimeError(f"reference pass returned {len(rows)} rows for {table.num_rows} pairs")
+    return {"pairs": len(rows), "ref_errors": errors}

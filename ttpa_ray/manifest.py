@@ -1,0 +1,45 @@
+"""Stage manifests: the names of the stages, their ``manifest.json`` and the fingerprint that
+decides whether a complete stage can be skipped.
+
+Each stage writes ``<run_dir>/<stage>/manifest.json``: ``status`` (``running`` or
+``complete``), the ``fingerprint`` of the config it read and of its upstream runs, a run
+``token`` (new on every run, so the stages after it see new output), ``seconds`` and the stage's
+own counts (rows kept, rows with errors ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ttpa_ray.config import JobConfig
+
+MANIFEST = "manifest.json"
+
+# In pipeline order (``pipeline.STAGES`` holds their runners).
+STAGE_NAMES = ("probe", "construct", "sample", "reference", "train", "evaluate", "report")
+
+
+def fingerprint(job: JobConfig, sections: tuple[str, ...], upstream: dict[str, str | None] | None = None) -> str:
+    """Hash of the config a stage reads and of the runs of the stages it reads from (their
+    manifests' ``token``), so new upstream output redoes it even across separate commands."""
+    def dump(v: Any) -> Any:
+        return v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+
+    def get(dotted: str) -> Any:  # "train.prefix_weight": one field of a section
+        value: Any = job
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
+
+    data = json.dumps({"config": {s: dump(get(s)) for s in sections}, "upstream": upstream or {}}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    path = stage_dir / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None

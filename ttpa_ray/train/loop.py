@@ -1,0 +1,220 @@
+"""The preference-optimisation loop, importable without Ray: pairs in, optimizer steps out.
+
+:func:`run_steps` runs from ``state["step"]`` to ``total`` optimizer steps on any
+:class:`~ttpa_ray.train.policy.Policy` and an initialised process group (Ray Train's in the
+``train`` stage, a one-process gloo group in tests and ``bench/train.py``). Each rank takes its
+share of every global batch (:mod:`ttpa_ray.train.plan`), runs the shared-prefix forward
+(:mod:`ttpa_ray.train.pair_forward`) and the DPO-family loss (:mod:`ttpa_ray.train.losses`).
+
+After each step the loop calls its hooks in order, each with the new state (``step``,
+``history`` of metric rows, and whatever a hook adds). The hooks here: TensorBoard scalars,
+a progress line, the live-tensor memory profile of one step, and a fault drill; the train
+stage adds its checkpoint report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+
+from ttpa_ray.config import TrainConfig
+from ttpa_ray.train import plan
+from ttpa_ray.train.losses import dpo_loss, sft_loss
+from ttpa_ray.train.memory_profile import TensorMemoryProfile
+from ttpa_ray.train.pair_forward import collate_pairs, pair_logps
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["id", "prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "divergence_index",
+           "ref_chosen_logps", "ref_rejected_logps", "weight"]
+
+Hook = Callable[[dict[str, Any]], None]
+
+
+def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, int]]:
+    """The reference stage's pairs as training reads them: pairs with a reference error left
+    out (counted), a ``weight`` per pair (``train.pair_weights``), :data:`COLUMNS` only."""
+    table = pq.read_table(pairs)
+    if table.num_rows == 0:
+        raise ValueError(f"{pairs} has no pairs: nothing to train on (see the sample stage's manifest)")
+    missing = [c for c in COLUMNS[:-1] if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{pairs} lacks columns {missing}: it must come from the reference stage (ttpa run ... "
+                         "--from reference)")
+    errors = table.column("ref_error").to_pylist() if "ref_error" in table.column_names else [None] * table.num_rows
+    table = table.filter(pa.array([e is None for e in errors]))
+    if cfg.pair_weights == "score_margin":
+        margin = [max(c - r, 0.0) for c, r in zip(table.column("chosen_score").to_pylist(),
+                                                   table.column("rejected_score").to_pylist())]
+        mean = sum(margin) / max(1, len(margin)) or 1.0
+        weights = [m / mean for m in margin]
+    else:
+        weights = [1.0] * table.num_rows
+    table = table.append_column("weight", pa.array(weights, pa.float64()))
+    return table.select(COLUMNS), {"pairs": table.num_rows, "pairs_with_ref_error": len(errors) - table.num_rows}
+
+
+class StepMetrics:
+    """Per-step sums over this rank's pairs, all-reduced into global means."""
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(6, dtype=torch.float64)  # loss, r_c, r_r, acc, pairs, tokens
+        self.peak = torch.zeros(2, dtype=torch.float64)  # this rank's RSS now and at its peak (MB)
+
+    def add(self, losses: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, tokens: int) -> None:
+        self.sums += torch.tensor([losses.detach().sum().item(), rc.sum().item(), rr.sum().item(),
+                                   (rc > rr).float().sum().item(), len(losses), tokens], dtype=torch.float64)
+
+    def reduce(self) -> dict[str, float]:
+        import resource
+
+        import psutil
+
+        s = self.sums.clone()
+        self.peak[0] = psutil.Process().memory_info().rss / 2**20
+        self.peak[1] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KB on Linux
+        if dist.is_initialized():
+            dist.all_reduce(s)
+            dist.all_reduce(self.peak, op=dist.ReduceOp.MAX)
+        n = max(s[4].item(), 1.0)
+        return {"loss": s[0].item() / n, "rewards/chosen": s[1].item() / n, "rewards/rejected": s[2].item() / n,
+                "rewards/margins": (s[1] - s[2]).item() / n, "rewards/accuracies": s[3].item() / n,
+                "pairs": int(s[4].item()), "tokens": int(s[5].item()),
+                "rss_mb_max_rank": round(self.peak[0].item(), 1), "peak_rss_mb_max_rank": round(self.peak[1].item(), 1)}
+
+
+def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(per-pair losses (B,), chosen rewards (B,), rejected rewards (B,), the objective to
+    backpropagate, tokens) of one micro-batch of pairs."""
+    batch = collate_pairs(rows, pad_token_id=pad_id).to(policy.device)
+    lp = pair_logps(policy.module, batch, prefix_weight=cfg.prefix_weight)
+    ref_c = torch.tensor([r["ref_chosen_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
+    ref_r = torch.tensor([r["ref_rejected_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
+    pc, pr = lp.chosen, lp.rejected
+    if cfg.loss_type == "ipo":  # IPO on per-token means (as TRL)
+        pc, pr = lp.mean()
+        ref_c, ref_r = ref_c / lp.chosen_tokens.clamp(min=1), ref_r / lp.rejected_tokens.clamp(min=1)
+    weights = torch.tensor([r["weight"] for r in rows], dtype=pc.dtype, device=policy.device)
+    losses, rc, rr = dpo_loss(pc, pr, ref_c, ref_r, beta=cfg.beta, loss_type=cfg.loss_type,
+                              label_smoothing=cfg.label_smoothing, weights=weights)
+    tokens = sum(len(r["prompt_token_ids"]) + len(r["chosen_token_ids"]) + len(r["rejected_token_ids"])
+                 for r in rows)
+    objective = losses.mean()
+    if cfg.sft_weight:
+        objective = objective + cfg.sft_weight * sft_loss(lp.chosen, lp.chosen_tokens)
+    return losses, rc, rr, objective, tokens
+
+
+def run_steps(policy: Any, pairs: pa.Table, cfg: TrainConfig, *, seed: int, rank: int, world: int, total: int,
+              pad_id: int, state: dict[str, Any], hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+    """The DPO loop from ``state["step"]`` to ``total`` optimizer steps; ``hooks`` run after
+    every step, in order. Needs only an initialised process group."""
+    size = plan.global_batch_size(cfg.micro_batch_size, cfg.gradient_accumulation_steps, world)
+    per_epoch = plan.steps_per_epoch(len(pairs), size)
+    policy.train()
+    while state["step"] < total:
+        step = state["step"]
+        epoch, in_epoch = divmod(step, per_epoch)
+        batch = plan.global_batch(plan.epoch_order(len(pairs), seed, epoch), in_epoch, size)
+        metrics, t0, lr = StepMetrics(), time.perf_counter(), policy.lr
+        for micro in plan.rank_micro_batches(batch, rank, world, cfg.micro_batch_size):
+            losses, rc, rr, loss, tokens = pair_loss(policy, pairs.take(micro).to_pylist(), cfg, pad_id)
+            policy.backward(loss)
+            policy.step()
+            metrics.add(losses, rc, rr, tokens)
+        row = {"step": step + 1, "epoch": epoch, **metrics.reduce(), "grad_norm": policy.grad_norm,
+               "lr": lr}
+        row["tokens_per_s"] = round(row["tokens"] / (time.perf_counter() - t0), 1)
+        state = state | {"step": step + 1, "history": state["history"] + [row]}
+        for hook in hooks:
+            hook(state)
+    return state
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+class TensorBoardHook:
+    """Every numeric metric of a step as a TensorBoard scalar (rank 0)."""
+
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=log_dir)
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        for k, v in state["history"][-1].items():
+            if isinstance(v, (int, float)) and k != "step":
+                self.writer.add_scalar(k, v, state["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ProgressHook:
+    """One line per step (at most every ``every_s`` seconds) on rank 0: readable in the
+    driver's terminal and in ``ray job logs`` alike."""
+
+    def __init__(self, total: int, done: int, every_s: float = 5.0):
+        self.total, self.done, self.every_s = total, done, every_s
+        self.t0 = self.last = time.perf_counter()
+        self.start = done
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        row = state["history"][-1]
+        self.done = row["step"]
+        now = time.perf_counter()
+        if now - self.last < self.every_s and self.done not in (self.start + 1, self.total):
+            return
+        self.last = now
+        rate = (now - self.t0) / max(1, self.done - self.start)
+        print(f"train: step {self.done}/{self.total} ({100 * self.done // self.total}%) loss {row['loss']:.4f} "
+              f"margin {row['rewards/margins']:+.4f} acc {row['rewards/accuracies']:.2f} lr {row['lr']:.2e} "
+              f"| {rate:.2f} s/step, eta {rate * (self.total - self.done):.0f} s", flush=True)
+
+
+class MemoryStepProfile:
+    """Peak bytes of live tensors during optimizer step ``step`` on every rank
+    (:mod:`ttpa_ray.train.memory_profile`), added to the state as ``peak_tensor_mb_per_rank``
+    and ``step_start_tensor_mb_per_rank``. ``stop`` goes first among the hooks and ``start``
+    last, so no other hook's work is counted."""
+
+    def __init__(self, step: int, device: str, world: int):
+        self.step, self.world = step, world
+        self.memory = TensorMemoryProfile(device)
+        if step == 1:
+            self.memory.start()
+
+    def stop(self, state: dict[str, Any]) -> None:
+        if state["step"] != self.step:
+            return
+        peaks: list[Any] = [None] * self.world
+        peak = round(self.memory.stop(), 1)
+        start = None if self.memory.start_mb is None else round(self.memory.start_mb, 1)
+        dist.all_gather_object(peaks, (peak, start))
+        state["peak_tensor_mb_per_rank"] = [p for p, _ in peaks]
+        state["step_start_tensor_mb_per_rank"] = [s for _, s in peaks]
+
+    def start(self, state: dict[str, Any]) -> None:
+        if state["step"] == self.step - 1:  # the next step only
+            self.memory.start()
+
+
+def kill_after_step(step: int) -> Hook:
+    """Fault drill: SIGKILL this process right after optimizer step ``step``."""
+    def hook(state: dict[str, Any]) -> None:
+        if state["step"] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
