@@ -65,3 +65,22 @@ def actor_nodes(class_name_part: str) -> dict[str, dict]:
 
     return {aid: {"node": a["Address"]["NodeID"], "restarts": a["NumRestarts"], "state": a["State"]}
             for aid, a in ray._private.state.actors().items() if class_name_part in (a["ActorClassName"] or "")}
+
+
+def actor_resources(class_name_part: str) -> dict[str, dict[str, float]]:
+    """Actors (alive or dead) whose class name contains the text: actor id -> the resources it
+    requested, as Ray's GCS actor table holds them (what the scheduler placed it by)."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    out = {}
+    for raw in state._connect_and_get_accessor().get_actor_table(None, None):
+        a = gcs_pb2.ActorTableData.FromString(raw)
+        if class_name_part in a.class_name:
+            # In a placement group (Ray Train) a resource shows as e.g. memory_group_<pg id>.
+            res: dict[str, float] = {}
+            for k, v in a.required_resources.items():
+                base = k.split("_group_")[0]
+                res[base] = max(res.get(base, 0.0), v)
+            out[a.actor_id.hex()] = res
+    return out

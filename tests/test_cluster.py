@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from conftest import actor_nodes
+from conftest import actor_nodes, actor_resources
 from test_score_stage import GOLD, TOOLS
 from ttpa_ray.config import ConstructConfig, ScoreConfig
 
@@ -46,6 +46,10 @@ def test_scoring_pool_spreads_over_two_nodes_and_keeps_every_row(ray_two_nodes):
     assert by_id[300]["score_error"].startswith("JSONDecodeError") and not by_id[300]["valid"]
     scorers = actor_nodes("ScoreBatch")
     assert {a["node"] for a in scorers.values()} == _nodes(ray_two_nodes), scorers
+    from ttpa_ray.resources import scorer_memory_bytes
+
+    requested = actor_resources("ScoreBatch")  # what the scheduler placed them by
+    assert requested and all(r == {"CPU": 1.0, "memory": float(scorer_memory_bytes())} for r in requested.values())
 
 
 def test_killed_generator_actor_is_replaced_and_every_row_accounted(ray_two_nodes, tiny_model, tmp_path,

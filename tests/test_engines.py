@@ -14,6 +14,7 @@ import time
 import jsonschema
 import pytest
 
+from conftest import actor_resources
 from ttpa_ray.config import EngineConfig, PoolConfig
 from ttpa_ray.engines.base import SamplingParams
 
@@ -77,13 +78,18 @@ def test_vllm_in_ray_actor_logprobs_and_prompt_logprobs(tiny_model, ray_local):
 
 
 def test_ray_data_actor_pool(tiny_model, ray_local):
-    from ttpa_ray.engines.actors import GenerateBatch, pool_kwargs
+    from ttpa_ray.engines.actors import GenerateBatch, engine_memory, engine_pool_kwargs
 
     ds = ray_local.data.from_items([{"id": i, "prompt_token_ids": [5 + i, 6, 7]} for i in range(6)]
                                    + [{"id": 6, "prompt_token_ids": [1] * 600}])
     pool = PoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=2)
+    cfg = EngineConfig.model_validate(_tiny_cfg(pool=pool.model_dump()))
     rows = ds.map_batches(GenerateBatch, fn_constructor_kwargs={
-        "engine": _tiny_cfg(pool=pool.model_dump()), "params": {"max_tokens": 4}}, **pool_kwargs(pool)).take_all()
+        "engine": cfg.model_dump(), "params": {"max_tokens": 4}}, **engine_pool_kwargs(cfg)).take_all()
+    # Every actor of the pool asked Ray for the memory derived from the model (resources.py).
+    requested = actor_resources("GenerateBatch")
+    assert requested and all(r["memory"] == engine_memory(cfg) and r["CPU"] == 0.5 for r in requested.values())
+    assert engine_memory(cfg) > 2**30  # the vLLM runtime + the 1 GiB KV cache, not 0
     assert sorted(r["id"] for r in rows) == list(range(7))          # nothing lost
     bad = [r for r in rows if r["error"]]
     assert [r["id"] for r in bad] == [6] and "max_model_len" in bad[0]["error"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import actor_nodes
+from conftest import actor_nodes, actor_resources
 
 from ttpa_ray.train import plan
 from ttpa_ray.config import TrainConfig
@@ -187,7 +187,7 @@ def ray_runs(tiny_model, pairs_with_ref, process_group, ray_two_nodes, tmp_path_
     worker's loop in this process), and two Ray Train runs with 2 workers spread over a
     two-node cluster: ZeRO-3, and ZeRO-2 whose last rank is SIGKILLed after step 3
     (checkpoints every 2 steps, max_failures 1)."""
-    from ttpa_ray.train.stage import FAULT_ENV, PROFILE_ENV, run_train
+    from ttpa_ray.train.stage import FAULT_ENV, PROFILE_ENV, run_train, worker_resources
 
     base = dict(learning_rate=1e-3, epochs=2, max_steps=6, checkpoint_every=2, cpus_per_worker=0.5,
                 lr_scheduler="constant", warmup_ratio=0.0)
@@ -202,11 +202,15 @@ def ray_runs(tiny_model, pairs_with_ref, process_group, ray_two_nodes, tmp_path_
         if name == "zero3":
             monkeypatch_module.setenv(PROFILE_ENV, "2")  # peak tensor memory per rank through step 2
         before = set(actor_nodes("RayTrainWorker"))
-        counts = run_train(TrainConfig(**base, **kw, placement_strategy="SPREAD"), str(tiny_model), pairs_with_ref, out)
+        cfg = TrainConfig(**base, **kw, placement_strategy="SPREAD")
+        counts = run_train(cfg, str(tiny_model), pairs_with_ref, out)
         monkeypatch_module.delenv(FAULT_ENV, raising=False)
         monkeypatch_module.delenv(PROFILE_ENV, raising=False)
         history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         workers = {k: v for k, v in actor_nodes("RayTrainWorker").items() if k not in before}
+        requested = actor_resources("RayTrainWorker")  # as Ray's actor table holds them
+        for k, w in workers.items():
+            w |= {"requested": requested[k], "expected": worker_resources(cfg, tiny_model)}
         runs[name] = (counts, history, out, workers)
     return runs
 
@@ -235,6 +239,9 @@ def test_two_workers_zero2_zero3_match_one_worker_and_learn(ray_runs):
     for name in ("zero3", "killed"):
         other, workers = ray_runs[name][1], ray_runs[name][3]
         assert len(nodes) == 2 and {w["node"] for w in workers.values()} == nodes, workers  # spread
+        # Each rank asked Ray for the memory of its model states (resources.py), not 0.
+        assert all(w["requested"]["memory"] == w["expected"]["memory"] > 2**30 and w["requested"]["CPU"] == 0.5
+                   for w in workers.values()), workers
         assert other[0]["grad_norm"] == pytest.approx(one[0]["grad_norm"], rel=1e-4)
         assert [r["step"] for r in other] == list(range(1, 7)), name
         for a, b in zip(one, other):

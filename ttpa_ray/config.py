@@ -42,6 +42,10 @@ class PoolConfig(Section):
         "2-CPU machine two actors of 1 CPU each deadlock the stage.",
     )
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (= tensor_parallel_size for vLLM).")
+    memory_gb: float | None = Field(
+        None, gt=0, description="Memory Ray reserves per actor (GiB), used to place actors and scale the "
+        "cluster. null: derived from the model size, dtype and KV cache (engines) or a fixed allowance "
+        "(scorers); see ttpa_ray/resources.py.")
     batch_size: int = Field(16, ge=1, description="Rows per map_batches call.")
     threads: int | None = Field(
         None, ge=1, description="CPU threads of each actor's math libraries (OMP_NUM_THREADS). Ray's default is "
@@ -296,6 +300,9 @@ class TrainConfig(Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0, description="With use_gpu: GPUs of each worker.")
+    memory_gb_per_worker: float | None = Field(
+        None, gt=0, description="Memory Ray reserves per worker (GiB). null: derived from the model's "
+        "parameters, dtype, ZeRO stage and offload (ttpa_ray/resources.py).")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How Ray places the workers' bundles: PACK fills a node first (fast "
         "intra-node collectives), SPREAD puts them on different nodes where it can.")

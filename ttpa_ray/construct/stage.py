@@ -227,7 +227,7 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
     import pyarrow.parquet as pq
     import ray
 
-    from ttpa_ray.engines.actors import pool_kwargs
+    from ttpa_ray.engines.actors import engine_pool_kwargs
     from ttpa_ray.models.registry import resolve
 
     if cfg.generator.backend != "openai":
@@ -238,7 +238,7 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
     # max_task_retries are unlimited for actor pools): rows in = rows out + counted errors.
     ds = ds.map_batches(ConstructBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "seed": seed,
                                                                "fault_marker": faults.marker(faults.KILL_ENGINE_ACTOR)},
-                        **pool_kwargs(cfg.generator.pool))
+                        **engine_pool_kwargs(cfg.generator))
     done = sorted(ds.take_all(), key=lambda r: r["id"])
     seen: set[str] = set()
     for r in done:  # duplicates: same normalised first query as an earlier kept instance

@@ -1,7 +1,7 @@
 """Engines inside Ray: an actor for direct calls, and a Ray Data UDF for actor pools.
 
     ds.map_batches(GenerateBatch, fn_constructor_kwargs={"engine": cfg.model_dump(), "params": {...}},
-                   **pool_kwargs(cfg.pool))
+                   **engine_pool_kwargs(cfg))
 
 Results cross process boundaries as plain Python data (lists, dicts): no tensors.
 """
@@ -14,14 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from ttpa_ray.columns import object_column
 from ttpa_ray.config import EngineConfig, PoolConfig
 from ttpa_ray.engines.build import build_engine
 from ttpa_ray.engines.base import Generation, SamplingParams
-from ttpa_ray.columns import object_column
+from ttpa_ray.models.registry import resolve, resolve_dtype
+from ttpa_ray.resources import GIB, engine_memory_bytes, parameter_count
 
 
-def pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
-    """map_batches arguments for an autoscaling actor pool described by the config."""
+def pool_kwargs(pool: PoolConfig, memory_bytes: int) -> dict[str, Any]:
+    """map_batches arguments for an autoscaling actor pool described by the config. Each actor
+    requests ``pool.memory_gb`` if set, else ``memory_bytes`` (derived by :mod:`ttpa_ray.resources`)."""
     import ray
 
     from ttpa_ray.runtime import worker_env
@@ -30,11 +33,27 @@ def pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
         "compute": ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         "num_cpus": pool.num_cpus,
         "num_gpus": pool.num_gpus or None,
+        "memory": int(pool.memory_gb * GIB) if pool.memory_gb is not None else int(memory_bytes),
         "batch_size": pool.batch_size,
     }
     if pool.threads:
         kwargs["runtime_env"] = {"env_vars": worker_env() | {"OMP_NUM_THREADS": str(pool.threads)}}
     return kwargs
+
+
+def engine_memory(cfg: EngineConfig) -> int:
+    """Bytes one actor of this engine needs (:func:`ttpa_ray.resources.engine_memory_bytes`);
+    the model is resolved (prepared once) on the driver."""
+    if cfg.backend == "openai":
+        return engine_memory_bytes("openai", 0, "float32", cfg.kv_cache_gib, False)
+    use_gpu = cfg.pool.num_gpus > 0
+    params = parameter_count(resolve(cfg.model))
+    return engine_memory_bytes(cfg.backend, params, resolve_dtype(cfg.dtype, use_gpu), cfg.kv_cache_gib, use_gpu)
+
+
+def engine_pool_kwargs(cfg: EngineConfig) -> dict[str, Any]:
+    """map_batches arguments for a pool of this engine's actors."""
+    return pool_kwargs(cfg.pool, engine_memory(cfg))
 
 
 def _params(params: dict[str, Any] | SamplingParams) -> SamplingParams:

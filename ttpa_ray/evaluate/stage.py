@@ -197,7 +197,7 @@ def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, 
     results by ``row``. Episode rows have no gold: their score columns are not used."""
     import ray
 
-    from ttpa_ray.engines.actors import pool_kwargs
+    from ttpa_ray.engines.actors import engine_pool_kwargs
     from ttpa_ray.score.stage import score_dataset
 
     if not rows:
@@ -207,7 +207,7 @@ def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, 
                              override_num_blocks=max(1, len(rows) // engine.pool.batch_size))
     ds = ds.map_batches(EvalBatch, fn_constructor_kwargs={"engine": engine.model_dump(), "params": params,
                                                           "catalog": catalog},
-                        **pool_kwargs(engine.pool))
+                        **engine_pool_kwargs(engine))
     return {int(r["row"]): {k: none_if_nan(v) for k, v in r.items() if k not in _SENT}
             for r in score_dataset(ds, score).take_all()}
 

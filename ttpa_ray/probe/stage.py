@@ -63,7 +63,7 @@ class _Render:
 def run_probe(cfg: ProbeConfig, engine: EngineConfig, out: Path, seed: int = 0) -> dict[str, Any]:
     import ray
 
-    from ttpa_ray.engines.actors import GenerateBatch, pool_kwargs
+    from ttpa_ray.engines.actors import GenerateBatch, engine_pool_kwargs
     from ttpa_ray.models.registry import resolve
 
     # Prepare the model once on the driver, not concurrently in every actor.
@@ -74,7 +74,7 @@ def run_probe(cfg: ProbeConfig, engine: EngineConfig, out: Path, seed: int = 0) 
                 compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
     params = {"max_tokens": cfg.max_tokens, "temperature": 0.0, "logprobs": cfg.logprobs or None, "seed": seed}
     ds = ds.map_batches(GenerateBatch, fn_constructor_kwargs={"engine": engine.model_dump(), "params": params},
-                        **pool_kwargs(engine.pool))
+                        **engine_pool_kwargs(engine))
     out.mkdir(parents=True, exist_ok=True)
     rows = ds.take_all()
     import pyarrow as pa

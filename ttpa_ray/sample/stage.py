@@ -201,7 +201,7 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
     import pyarrow.parquet as pq
     import ray
 
-    from ttpa_ray.engines.actors import pool_kwargs
+    from ttpa_ray.engines.actors import engine_pool_kwargs
     from ttpa_ray.models.registry import resolve
     from ttpa_ray.score.stage import score_dataset
 
@@ -222,7 +222,7 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
         return {"turns": 0, "candidates": 0, "pairs": 0, "held_out_instances": held_out}
     ds = ray.data.from_items(turns, override_num_blocks=max(1, len(turns) // target.pool.batch_size))
     ds = ds.map_batches(SampleBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "engine": target.model_dump(),
-                                                            "seed": seed}, **pool_kwargs(target.pool))
+                                                            "seed": seed}, **engine_pool_kwargs(target))
     ds = ds.map(_to_score_row)
     scored = score_dataset(ds, score).take_all()
     for r in scored:

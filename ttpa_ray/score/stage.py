@@ -113,14 +113,13 @@ class ScoreBatch:
 
 def score_dataset(ds: Any, cfg: ScoreConfig) -> Any:
     """Add ESM columns to a Ray Dataset using a pool of scoring actors."""
-    import ray
+    from ttpa_ray.engines.actors import pool_kwargs
+    from ttpa_ray.resources import scorer_memory_bytes
 
     return ds.map_batches(
         ScoreBatch, fn_constructor_kwargs={"weights": cfg.weights.model_dump(),
                                            "execution_check": cfg.execution_check, "catalog": cfg.catalog},
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.pool.min_actors, max_size=cfg.pool.max_actors),
-        num_cpus=cfg.pool.num_cpus, batch_size=cfg.pool.batch_size, batch_format="numpy",
-    )
+        batch_format="numpy", **pool_kwargs(cfg.pool, scorer_memory_bytes()))
 
 
 def score_jsonl(inp: str, out: str, weights: dict[str, float] | None = None) -> dict[str, int]:

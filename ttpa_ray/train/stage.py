@@ -176,9 +176,21 @@ def train_loop(config: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- driver side
 
 
-def _worker_resources(cfg: TrainConfig) -> dict[str, float]:
-    """Ray resources of one training worker (a data-parallel rank)."""
-    return {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})
+def worker_resources(cfg: TrainConfig, model_dir: Path) -> dict[str, float]:
+    """Ray resources of one training worker (a data-parallel rank): CPUs, GPUs, and the memory
+    of its model states (``train.memory_gb_per_worker``, else :mod:`ttpa_ray.resources`)."""
+    from ttpa_ray.models.registry import resolve_dtype
+    from ttpa_ray.resources import GIB, parameter_count, train_worker_memory_bytes
+
+    if cfg.memory_gb_per_worker is not None:
+        memory = cfg.memory_gb_per_worker * GIB
+    else:
+        memory = train_worker_memory_bytes(parameter_count(model_dir), resolve_dtype(cfg.dtype, cfg.use_gpu),
+                                           cfg.zero_stage, cfg.num_workers,
+                                           cfg.offload_optimizer or cfg.offload_params, cfg.use_gpu,
+                                           trainable_fraction=0.05 if cfg.lora.r else 1.0)
+    return ({"CPU": cfg.cpus_per_worker, "memory": float(int(memory))}
+            | ({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}))
 
 
 def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 0, resume: bool = False
@@ -204,7 +216,7 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
                            "fault_step": int(os.environ.get(FAULT_ENV, "0") or 0),
                            "profile_memory_step": int(os.environ.get(PROFILE_ENV, "0") or 0)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=_worker_resources(cfg),
+                                     resources_per_worker=worker_resources(cfg, model_dir),
                                      placement_strategy=cfg.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=storage,
@@ -246,6 +258,7 @@ def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: f
 
     from ttpa_ray.engines.actors import pool_kwargs
     from ttpa_ray.models.registry import resolve
+    from ttpa_ray.resources import parameter_count, reference_memory_bytes
     from ttpa_ray.train.reference import REFERENCE_INPUTS, ReferenceBatch
 
     model_dir = resolve(model)
@@ -262,7 +275,8 @@ def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: f
     ds = ds.map_batches(ReferenceBatch, fn_constructor_kwargs={"model_dir": str(model_dir), "dtype": dtype,
                                                                "prefix_weight": prefix_weight,
                                                                "batch_size": cfg.batch_size},
-                        **pool_kwargs(cfg.pool))
+                        **pool_kwargs(cfg.pool, reference_memory_bytes(parameter_count(model_dir), dtype,
+                                                                       use_gpu=cfg.pool.num_gpus > 0)))
     rows = sorted(ds.take_all(), key=lambda r: r["id"])
     for r in rows:
         err = r["ref_error"]
