@@ -21,6 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ttpa_ray.console import configure as configure_console
 from ttpa_ray.job import ConfigError, load_job
 
 log = logging.getLogger("ttpa_ray")
@@ -162,7 +163,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttpa", description="Token-level Tool-use Preference Alignment on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and every third-party log line, warning and progress bar")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a job's stages in order (skips complete ones)")
@@ -222,8 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_console(args.verbose)
     try:
         return args.fn(args)
     except ConfigError as exc:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ttpa_ray.console import quiet_env, quiet_ray_data
+
 
 def cache_dir() -> Path:
     root = os.environ.get("TTPA_CACHE_DIR") or str(Path.home() / ".cache" / "ttpa_ray")
@@ -39,7 +41,10 @@ def worker_env() -> dict[str, str]:
         # DeepSpeed: JIT-built ops are cached so CI and reruns reuse them.
         "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray Train tees a worker's print to stdout and to its logger: every line twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     }
+    env |= quiet_env()
     # Values the user set explicitly win.
     return {k: os.environ.get(k, v) for k, v in env.items()}
 
@@ -76,9 +81,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, include_da
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    kwargs: dict = {"runtime_env": {"env_vars": env, "worker_process_setup_hook": "ttpa_ray.console.setup_worker"},
+                    "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
     else:
         # "local": a Ray of our own, even when another cluster runs on this machine.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
+    quiet_ray_data()

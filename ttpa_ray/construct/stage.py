@@ -31,6 +31,7 @@ from ttpa_ray.config import ConstructConfig
 from ttpa_ray.engines.base import SamplingParams
 from ttpa_ray.toolcall import ToolSchema
 from ttpa_ray.tools.catalog import resolve_catalog
+from ttpa_ray.console import collect
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
     ds = ds.map_batches(ConstructBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "seed": seed,
                                                                "fault_marker": faults.marker(faults.KILL_ENGINE_ACTOR)},
                         **engine_pool_kwargs(cfg.generator))
-    done = sorted(ds.take_all(), key=lambda r: r["id"])
+    done = sorted(collect(ds.iter_rows(), "construct", len(rows)), key=lambda r: r["id"])
     seen: set[str] = set()
     for r in done:  # duplicates: same normalised first query as an earlier kept instance
         if r["status"] == "kept" and cfg.filters.dedupe:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ttpa_ray.engines.base import Completion, Generation, Prompt, SamplingParams, TemplateChat, TopK, per_prompt
+from ttpa_ray.console import verbose
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class VLLMEngine(TemplateChat):
         # seeded request's prefill is split over steps (chunked prefill); a step budget that
         # holds a batch of full prompts avoids the split.
         kwargs["max_num_batched_tokens"] = max(16384, 4 * max_model_len)
+        kwargs["use_tqdm_on_load"] = verbose()  # a weight-loading bar per actor start
         self.llm = LLM(**kwargs)
         self.prefix_caching = enable_prefix_caching
         self.tokenizer = self.llm.get_tokenizer()

@@ -50,6 +50,7 @@ from ttpa_ray.config import EngineConfig, EvaluateConfig, ScoreConfig
 from ttpa_ray.engines.base import Generation, SamplingParams
 from ttpa_ray.toolcall import parse_calls
 from ttpa_ray.columns import none_if_nan, nulls_as_none, object_column
+from ttpa_ray.console import collect
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ _MISSING = "row missing from the pipeline output (a bug: please report it)"
 
 
 def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig,
-         seed: int, catalog: str) -> dict[int, dict[str, Any]]:
+         seed: int, catalog: str, label: str = "evaluate") -> dict[int, dict[str, Any]]:
     """Generate (engine pool) and ESM-score (scoring pool) every row in one Ray Data pass;
     results by ``row``. Episode rows have no gold: their score columns are not used."""
     import ray
@@ -209,7 +210,7 @@ def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, 
                                                           "catalog": catalog},
                         **engine_pool_kwargs(engine))
     return {int(r["row"]): {k: none_if_nan(v) for k, v in r.items() if k not in _SENT}
-            for r in score_dataset(ds, score).take_all()}
+            for r in collect(score_dataset(ds, score).iter_rows(), label, len(rows))}
 
 
 def _finish_turn(row: dict[str, Any], r: dict[str, Any] | None) -> dict[str, Any]:
@@ -277,7 +278,7 @@ def run_evaluate(cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig, 
                  for e in em.episode_rows(instance_rows, cfg.held_out_fraction, seed, executable)]
     for i, r in enumerate(rows):
         r["row"] = i
-    results = _run(rows, cfg, engine, score, seed, catalog)
+    results = _run(rows, cfg, engine, score, seed, catalog, label=f"evaluate {out.name}")
     turns = [_finish_turn(r, results.get(r["row"])) for r in rows if r["kind"] == "turn"]
     episodes = [_finish_episode(r, results.get(r["row"])) for r in rows if r["kind"] == "episode"]
     bfcl = [r for r in turns if r["category"] != "held_out"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ttpa_ray.config import EngineConfig, ProbeConfig
+from ttpa_ray.console import collect
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def run_probe(cfg: ProbeConfig, engine: EngineConfig, out: Path, seed: int = 0) 
     ds = ds.map_batches(GenerateBatch, fn_constructor_kwargs={"engine": engine.model_dump(), "params": params},
                         **engine_pool_kwargs(engine))
     out.mkdir(parents=True, exist_ok=True)
-    rows = ds.take_all()
+    rows = collect(ds.iter_rows(), "probe", cfg.num_prompts)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

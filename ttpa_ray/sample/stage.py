@@ -40,6 +40,7 @@ from ttpa_ray.engines.base import SamplingParams
 from ttpa_ray.instances import is_held_out, turn_rows
 from ttpa_ray.toolcall import ToolCall, render_with_template
 from ttpa_ray.columns import none_if_nan, object_column
+from ttpa_ray.console import collect
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
     ds = ds.map_batches(SampleBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "engine": target.model_dump(),
                                                             "seed": seed}, **engine_pool_kwargs(target))
     ds = ds.map(_to_score_row)
-    scored = score_dataset(ds, score).take_all()
+    scored = collect(score_dataset(ds, score).iter_rows(), f"sample ({len(turns)} turns)", None)
     for r in scored:
         # Ray Data turns an all-None column into NaN floats: normalise back to None.
         r["error"], r["score_error"] = none_if_nan(r["error"]), none_if_nan(r["score_error"])

@@ -39,11 +39,13 @@ import pyarrow as pa
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig,
+                       ScalingConfig)
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ttpa_ray.columns import none_if_nan
 from ttpa_ray.config import ReferenceConfig, TrainConfig
+from ttpa_ray.console import collect, quiet_train_worker, verbose
 from ttpa_ray.train import plan
 from ttpa_ray.train.loop import (Hook, MemoryStepProfile, ProgressHook, TensorBoardHook, kill_after_step,
                                  prepare_pairs, run_steps)
@@ -130,6 +132,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if config["use_gpu"] else "gloo")
+    quiet_train_worker()
     pairs = _load_pairs()
     size = plan.global_batch_size(cfg.micro_batch_size, cfg.gradient_accumulation_steps, world)
     total = plan.total_steps(len(pairs), size, cfg.epochs, cfg.max_steps)
@@ -221,7 +224,8 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             logging_config=LoggingConfig(log_level="DEBUG" if verbose() else "WARNING")),
         datasets={"train": ray.data.from_arrow(table)},
         dataset_config=DataConfig(datasets_to_split=[]),  # every rank sees all pairs (train_plan)
     )
@@ -277,7 +281,7 @@ def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: f
                                                                "batch_size": cfg.batch_size},
                         **pool_kwargs(cfg.pool, reference_memory_bytes(parameter_count(model_dir), dtype,
                                                                        use_gpu=cfg.pool.num_gpus > 0)))
-    rows = sorted(ds.take_all(), key=lambda r: r["id"])
+    rows = sorted(collect(ds.iter_rows(), "reference", table.num_rows), key=lambda r: r["id"])
     for r in rows:
         err = r["ref_error"]
         r["ref_error"] = None if none_if_nan(err) is None else str(err)
