@@ -366,3 +366,47 @@ def test_every_placeholder_is_documented():
     assert found, "the cluster files name their placeholders REPLACE_ME_*"
     readme = (CLUSTER / "README.md").read_text()
     assert sorted(p for p in found if p not in readme) == []
+
+
+def _node_ram_bytes(cluster: str) -> float:
+    """RAM of one GPU node: the pod limit (KubeRay) or the RAM line of the cluster file's header."""
+    if cluster == "kuberay":
+        limits = _gpu_group(_yaml(KUBERAY / "raycluster.yaml"))["template"]["spec"]["containers"][0]["resources"]
+        return _quantity_bytes(limits["limits"]["memory"])
+    import re
+
+    m = re.search(r"RAM\s+(\d+) (GiB|GB) per GPU node", AUTOSCALER[cluster].read_text())
+    assert m, f"{cluster}: the header's RAM line is missing"
+    return int(m.group(1)) * (2**30 if m.group(2) == "GiB" else 1e9)
+
+
+# Parameters of the job's models (from their config.json: Qwen2.5-7B-Instruct, Qwen2.5-72B-Instruct);
+# the folders live on the cluster's shared storage, not here.
+GPU_JOB_PARAMS = {"target": 7.62e9, "construct.generator": 72.7e9, "reference": 7.62e9, "train": 7.62e9}
+
+
+@pytest.mark.parametrize("cluster", ["aws", "gcp", "kuberay"])
+def test_gpu_job_memory_requests_fit_a_node(cluster: str):
+    """Every actor asks Ray for memory (ttpa_ray/resources.py); the actors of one stage that
+    share a node must fit the memory Ray offers there (70% of RAM by default; the object store
+    takes the rest)."""
+    from ttpa_ray import resources as rs
+
+    nodes, gpus, _ = _cluster_shapes()[cluster]
+    offered = 0.7 * _node_ram_bytes(cluster)
+    job = load_job(GPU_JOB)
+    per_node = {}
+    for where, (pool, _tp) in _gpu_pools(job).items():
+        n = int(GPU_JOB_PARAMS[where])
+        if where == "reference":
+            one = rs.reference_memory_bytes(n, "bfloat16", use_gpu=True)
+        else:
+            eng = job.target if where == "target" else job.construct.generator
+            one = rs.engine_memory_bytes(eng.backend, n, "bfloat16", eng.kv_cache_gib, use_gpu=True)
+        per_node[where] = one * (gpus // int(pool.num_gpus))
+    t = job.train
+    per_node["train"] = gpus * rs.train_worker_memory_bytes(int(GPU_JOB_PARAMS["train"]), "bfloat16", t.zero_stage,
+                                                            t.num_workers, t.offload_optimizer or t.offload_params,
+                                                            use_gpu=True)
+    too_big = {k: f"{v / 2**30:.0f} GiB" for k, v in per_node.items() if v > offered}
+    assert not too_big, f"{cluster}: more than the {offered / 2**30:.0f} GiB Ray offers per node: {too_big}"
