@@ -132,7 +132,8 @@ class Progress:
     def text(self, now: float) -> str:
         elapsed = now - self.t0
         if self.total:
-            eta = elapsed / self.done * (self.total - self.done) if self.done else None
+            # Rows arrive by blocks: an estimate from the first block or two says little.
+            eta = elapsed / self.done * (self.total - self.done) if self.done >= max(2, self.total / 10) else None
             return (f"{self.label}: {self.done}/{self.total} {self.unit} ({100 * self.done // self.total}%) "
                     f"{elapsed:.0f} s" + ("" if eta is None else f", eta {eta:.0f} s"))
         return f"{self.label}: {self.done} {self.unit} {elapsed:.0f} s"
