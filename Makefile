@@ -10,7 +10,7 @@ export TTPA_CACHE_DIR ?= $(CACHE)
 export PIP_CACHE_DIR ?= $(CACHE)/pip
 export HF_HUB_OFFLINE := 1
 # CPU torch wheel: pip finds it in this machine's wheel folder; elsewhere set
-#   TORCH_INDEX=https://download.pytorch.org/whl/cpu   (see README, "Install")
+#   TORCH_INDEX=https://download.pytorch.org/whl/cpu   (docs/install.md)
 TORCH_INDEX ?=
 PIP_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 EXTRAS ?= cpu,test
