@@ -75,7 +75,7 @@ class EngineConfig(Section):
         None, description="For backend=openai: a local model name/folder whose tokenizer and chat template render prompts."
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto: bfloat16 on GPUs, float32 on CPUs (bf16 is emulated, slow, without AVX-512).")
+        "auto", description="auto: bfloat16 on GPUs, float32 on CPUs (bf16 measured slower than fp32 on the CPUs here).")
     max_model_len: int = Field(4096, ge=16)
     seed: int = 0
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree inside one actor (GPU).")

@@ -40,7 +40,7 @@ BUNDLED = ("smollm2-135m-instruct", "tiny-random")
 
 def resolve_dtype(name: str, use_gpu: bool) -> str:
     """A config's ``dtype`` as torch names it. ``auto`` is bfloat16 on a GPU and float32 on a
-    CPU: the CPUs seen here have no AVX-512, so bf16 is emulated and slower than fp32.
+    CPU: bf16 measured slower than fp32 on the CPUs here (docs/benchmarks.md).
 
     >>> resolve_dtype("auto", use_gpu=False), resolve_dtype("auto", use_gpu=True), resolve_dtype("float16", False)
     ('float32', 'bfloat16', 'float16')
