@@ -198,6 +198,11 @@ class ConstructFilters(Section):
     forbid_argument_leak: bool = Field(
         False, description="Drop queries that repeat a string argument value verbatim (strict; off by default "
         "because natural queries mention cities, dates ...).")
+    require_grounded_query: bool = Field(
+        False, description="Drop instances whose conversation does not determine their calls: every argument "
+        "value must be readable from the user text so far or an earlier tool result (enum/boolean parameters "
+        "may be paraphrased; ttpa_ray/construct/grounding.py). Off by default until the small generator's "
+        "query step passes it (with SmolLM2 almost no instance does).")
     dedupe: bool = True
     drop_truncated: bool = Field(True, description="Drop answers/queries cut by max_tokens (keep them only for "
                                                    "smoke tests with tiny budgets).")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ttpa_ray.construct import steps
+from ttpa_ray.construct.grounding import ungrounded
 from ttpa_ray import faults
 from ttpa_ray.config import ConstructConfig
 from ttpa_ray.engines.base import SamplingParams
@@ -180,9 +181,14 @@ class ConstructBatch:
             ("query_names_tool", f.forbid_tool_names and steps.names_tool(query, [x.name for x in s["schemas"]])),
             ("query_leaks_arguments", f.forbid_argument_leak and steps.leaks_arguments(query, s["memory"])),
         ]
+        # The turn is already in s["turns"]: the conversation so far, this turn's calls included.
+        missing = ungrounded(steps.build_messages(s["turns"]), [x.openai() for x in s["schemas"]]) \
+            if f.require_grounded_query else []
+        checks.append(("query_ungrounded", bool(missing)))
         for name, failed in checks:
             if failed:
-                s["status"], s["reason"] = name, f"turn {len(s['turns'])}: {name}"
+                detail = f" ({', '.join(missing[:3])} not in the conversation)" if name == "query_ungrounded" else ""
+                s["status"], s["reason"] = name, f"turn {len(s['turns'])}: {name}{detail}"
                 return
 
     def _rows(self, states: list[dict[str, Any]]) -> dict[str, np.ndarray]:

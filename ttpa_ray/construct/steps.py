@@ -185,7 +185,7 @@ def call_grammar(tools: list[ToolSchema]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- filters
 
 FILTERS = ("invalid_call", "tool_error", "empty_answer", "truncated_answer", "empty_query", "truncated_query",
-           "query_names_tool", "query_leaks_arguments", "duplicate")
+           "query_names_tool", "query_leaks_arguments", "query_ungrounded", "duplicate")
 
 
 def names_tool(query: str, tool_names: list[str]) -> bool:

@@ -1,0 +1,93 @@
+"""The well-posedness check of constructed instances (ttpa_ray/construct/grounding.py): every
+gold argument value must be readable from the user text so far or an earlier tool result."""
+
+from __future__ import annotations
+
+import json
+
+from ttpa_ray.construct.grounding import ungrounded
+
+TOOLS = [
+    {"name": "search_flights", "parameters": {"type": "object", "properties": {
+        "origin": {"type": "string"}, "destination": {"type": "string"}, "date": {"type": "string"},
+        "direct": {"type": "boolean"}, "max_price": {"type": "number"},
+        "cabin": {"type": "string", "enum": ["economy", "business"]},
+        "passengers": {"type": "integer", "default": 1}}}},
+    {"name": "book_flight", "parameters": {"type": "object", "properties": {
+        "flight_id": {"type": "string"}, "names": {"type": "array", "items": {"type": "string"}}}}},
+]
+
+
+def _call(name, args):
+    return {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": name, "arguments": args}}]}
+
+
+def test_values_from_the_query_in_other_formats_are_found():
+    msgs = [{"role": "user", "content": "Find a direct business flight from Lisbon to Oslo on March 5, 2026, "
+                                        "under $1,200."},
+            _call("search_flights", {"origin": "Lisbon", "destination": "OSLO", "date": "2026-03-05",
+                                     "direct": True, "max_price": 1200.0, "cabin": "business", "passengers": 1})]
+    assert ungrounded(msgs, TOOLS) == []
+
+
+def test_an_id_chained_from_an_earlier_tool_result_is_found_but_not_before_it():
+    search = _call("search_flights", {"origin": "Lisbon", "destination": "Oslo"})
+    result = {"role": "tool", "content": json.dumps({"flights": [{"id": "TP1234", "price": 310}]})}
+    book = _call("book_flight", {"flight_id": "TP1234", "names": ["Ana Silva"]})
+    user = {"role": "user", "content": "Book the first flight from Lisbon to Oslo for Ana Silva."}
+    assert ungrounded([user, search, result, book], TOOLS) == []
+    assert ungrounded([user, book, result], TOOLS) == ["book_flight.flight_id='TP1234'"]  # the result came later
+
+
+def test_values_the_conversation_does_not_give_are_listed_each():
+    msgs = [{"role": "user", "content": "To help, I'll be happy to assist. I'll be happy to assist."},
+            _call("search_flights", {"origin": "Tokyo", "max_price": 300, "passengers": 2, "cabin": "economy"}),
+            {"role": "tool", "content": "{}"},
+            _call("book_flight", {"flight_id": "X9", "names": ["Mike", "Ana"]})]
+    assert ungrounded(msgs, TOOLS) == ["search_flights.origin='Tokyo'", "search_flights.max_price=300",
+                                       "search_flights.passengers=2", "book_flight.flight_id='X9'",
+                                       "book_flight.names[0]='Mike'", "book_flight.names[1]='Ana'"]
+
+
+def test_numbers_match_by_value_not_by_substring():
+    msgs = [{"role": "user", "content": "Flights under 1500 for two people"},
+            _call("search_flights", {"max_price": 150, "passengers": 2})]
+    assert ungrounded(msgs, TOOLS) == ["search_flights.max_price=150"]  # "1500" is not 150; "two" is 2
+
+
+def _state(query: str, origin: str) -> dict:
+    from ttpa_ray.toolcall import load_tool
+
+    mem = [{"name": "search_flights", "arguments": {"origin": origin}, "result": {"flights": []}}]
+    return {"answer": "No flights leave today.", "answer_finish": "stop", "schemas": [load_tool(TOOLS[0], 0)],
+            "memory": mem, "status": None, "reason": "",
+            "turns": [{"index": 0, "query": query, "answer": "No flights leave today.", "memory": mem}]}
+
+
+def test_the_construct_filter_drops_counts_and_names_ungrounded_instances():
+    from ttpa_ray.config import ConstructConfig
+    from ttpa_ray.construct import steps
+    from ttpa_ray.construct.stage import ConstructBatch
+
+    batch = ConstructBatch.__new__(ConstructBatch)   # the filter only, no engine
+    batch.cfg = ConstructConfig(filters={"require_grounded_query": True})
+    bad = _state("Mike wants to know how many bats he can hold", "Tokyo")
+    batch._filter_turn(bad, bad["turns"][0]["query"], "stop")
+    assert bad["status"] == "query_ungrounded" and "search_flights.origin='Tokyo'" in bad["reason"]
+    assert "query_ungrounded" in steps.FILTERS  # counted in the construct manifest
+    good = _state("Any flights out of Tokyo today?", "Tokyo")
+    batch._filter_turn(good, good["turns"][0]["query"], "stop")
+    assert good["status"] is None
+    batch.cfg = ConstructConfig()  # off by default: kept
+    bad = _state("Mike wants to know how many bats he can hold", "Tokyo")
+    batch._filter_turn(bad, bad["turns"][0]["query"], "stop")
+    assert bad["status"] is None
+
+
+def test_a_list_of_enum_choices_may_be_paraphrased():
+    tools = [{"name": "convert", "parameters": {"type": "object", "properties": {
+        "value": {"type": "number"}, "to": {"type": "array", "items": {"type": "string", "enum": ["F", "K"]}}}}}]
+    msgs = [{"role": "user", "content": "What is 21.5 degrees in fahrenheit and kelvin?"},
+            _call("convert", {"value": 21.5, "to": ["F", "K"]})]
+    assert ungrounded(msgs, tools) == []
+    assert ungrounded(msgs[:1] + [_call("convert", {"value": 22, "to": ["F"]})], tools) == ["convert.value=22"]
