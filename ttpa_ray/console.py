@@ -66,7 +66,9 @@ class _Harmless(logging.Filter):
 
 def _quiet_loggers() -> None:
     for name, pattern in HARMLESS.items():
-        logging.getLogger(name).addFilter(_Harmless(pattern))
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _Harmless) for f in log.filters):  # called again after libraries log in
+            log.addFilter(_Harmless(pattern))
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
