@@ -48,7 +48,7 @@ def turns(n: int) -> list[dict]:
             prompt = [{"role": "user", "content": f"Please help me with this: {json.dumps(args)}"}]
             rows.append({"instance_id": i, "turn_index": 1, "prompt_json": json.dumps(prompt),
                          "tools_json": json.dumps([t.openai() for t in offered]),
-                         "gold_json": json.dumps([{"name": gold.name, "arguments": args}])})
+                         "gold_json": json.dumps([{"name": gold.name, "arguments": args}]), "gold_text": ""})
     return rows
 
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ttpa_ray.pipeline import MANIFEST
+from ttpa_ray.config import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,11 +134,13 @@ def test_submitted_run_killed_mid_sample_resumes_then_rerun_skips(ray_head, tiny
 
     # construct -> sample: every attempted instance accounted for; kept ones flow into sample.
     cons = json.loads((run / "construct/manifest.json").read_text())
-    assert cons["attempted"] == 4 == cons["kept"] + cons["errors"] + sum(cons["filtered"].values())
+    assert cons["attempted"] == 5 == cons["kept"] + cons["errors"] + sum(cons["filtered"].values())
     assert cons["kept"] >= 1, cons
+    assert {k: v["attempted"] for k, v in cons["kinds"].items()} == dict.fromkeys(KINDS, 1)  # one of each kind
     kept = pq.read_table(run / "construct/instances.parquet").to_pylist()
     rejected = pq.read_table(run / "construct/rejected.parquet").to_pylist()
-    assert sorted(r["id"] for r in kept + rejected) == list(range(4)) and all(r["reason"] for r in rejected)
+    assert sorted(r["id"] for r in kept + rejected) == list(range(5)) and all(r["reason"] for r in rejected)
+    assert sum(cons["query_paths"].values()) == len(kept)  # one turn each: every query's path recorded
     _kept_calls_validate_and_execute(kept)
     samp = json.loads((run / "sample/manifest.json").read_text())
     assert samp["status"] == "complete" and samp["turn_errors"] == 0
@@ -185,14 +188,17 @@ def _kept_calls_validate_and_execute(kept: list[dict]) -> None:
     """Every gold call of a kept instance validates against its schema and executes."""
     import jsonschema
 
+    from ttpa_ray.construct.grounding import ungrounded
     from ttpa_ray.tools.catalog import bundled_catalog
     from ttpa_ray.tools.sandbox import Sandbox
 
     catalog = {t.name: t for t in bundled_catalog()}
     with Sandbox() as box:
         for r in kept:
-            calls = [c["function"] for m in json.loads(r["messages"]) for c in m.get("tool_calls", [])]
-            assert calls, r["id"]
+            msgs = json.loads(r["messages"])
+            calls = [c["function"] for m in msgs for c in m.get("tool_calls", [])]
+            assert bool(calls) == (r["kind"] != "irrelevance"), r["id"]
+            assert ungrounded(msgs, json.loads(r["tools"])) == [], r  # the query determines the calls
             for c in calls:
                 tool = catalog[c["name"]]
                 jsonschema.validate(c["arguments"], tool.openai()["function"]["parameters"])

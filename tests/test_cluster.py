@@ -64,7 +64,8 @@ def test_killed_generator_actor_is_replaced_and_every_row_accounted(ray_two_node
     marker = tmp_path / "engine-killed"
     monkeypatch.setenv(faults.KILL_ENGINE_ACTOR, str(marker))
     pool = {"min_actors": 2, "max_actors": 2, "num_cpus": 1, "batch_size": 1}
-    cfg = ConstructConfig(num_instances=4, tools_per_instance=[1, 1], calls_per_turn=[1, 1], turns=1,
+    cfg = ConstructConfig(num_instances=4, mix={"single": 1, "multiple": 0, "parallel": 0, "parallel_multiple": 0,
+                                                "irrelevance": 0}, distractors=[0, 1], turns=1,
                           max_tokens={"scenario": 16, "call": 24, "simulate": 16, "answer": 16, "query": 16},
                           generator={"backend": "transformers", "model": "tiny-random", "dtype": "float32",
                                      "max_model_len": 1024, "pool": pool})

@@ -55,33 +55,54 @@ def test_numbers_match_by_value_not_by_substring():
     assert ungrounded(msgs, TOOLS) == ["search_flights.max_price=150"]  # "1500" is not 150; "two" is 2
 
 
-def _state(query: str, origin: str) -> dict:
+def _batch_and_state(cfg, origin: str, need: bool = False):
+    from ttpa_ray.construct.stage import ConstructBatch
+    from ttpa_ray.tools.tool import Tool
     from ttpa_ray.toolcall import load_tool
 
-    mem = [{"name": "search_flights", "arguments": {"origin": origin}, "result": {"flights": []}}]
-    return {"answer": "No flights leave today.", "answer_finish": "stop", "schemas": [load_tool(TOOLS[0], 0)],
-            "memory": mem, "status": None, "reason": "",
-            "turns": [{"index": 0, "query": query, "answer": "No flights leave today.", "memory": mem}]}
+    batch = ConstructBatch.__new__(ConstructBatch)   # the filters only, no engine
+    batch.cfg = cfg
+    tool = Tool(schema=load_tool(TOOLS[0], 0), domain="travel")
+    batch.tools = {tool.name: tool}
+    call = {"name": "search_flights", "arguments": {"origin": origin}}
+    plan = {"steps": [] if need else [[["search_flights", None]]], "need": ["search_flights", call["arguments"]]
+            if need else None}
+    state = {"schemas": [] if need else [tool.schema], "status": None, "reason": "", "turns": [],
+             "cur": {"index": 0, "plan": plan, "steps": [] if need else [[call | {"result": {"flights": []}}]]}}
+    return batch, state
 
 
-def test_the_construct_filter_drops_counts_and_names_ungrounded_instances():
+def test_the_construct_filter_names_ungrounded_queries():
     from ttpa_ray.config import ConstructConfig
     from ttpa_ray.construct import steps
-    from ttpa_ray.construct.stage import ConstructBatch
 
-    batch = ConstructBatch.__new__(ConstructBatch)   # the filter only, no engine
-    batch.cfg = ConstructConfig(filters={"require_grounded_query": True})
-    bad = _state("Mike wants to know how many bats he can hold", "Tokyo")
-    batch._filter_turn(bad, bad["turns"][0]["query"], "stop")
-    assert bad["status"] == "query_ungrounded" and "search_flights.origin='Tokyo'" in bad["reason"]
-    assert "query_ungrounded" in steps.FILTERS  # counted in the construct manifest
-    good = _state("Any flights out of Tokyo today?", "Tokyo")
-    batch._filter_turn(good, good["turns"][0]["query"], "stop")
-    assert good["status"] is None
-    batch.cfg = ConstructConfig()  # off by default: kept
-    bad = _state("Mike wants to know how many bats he can hold", "Tokyo")
-    batch._filter_turn(bad, bad["turns"][0]["query"], "stop")
-    assert bad["status"] is None
+    batch, s = _batch_and_state(ConstructConfig(), "Tokyo")  # on by default
+    problem, detail = batch._query_problem(s, "How many bats can Mike hold?", "stop")
+    assert problem == "query_ungrounded" and "search_flights.origin='Tokyo'" in detail
+    assert batch._query_problem(s, "Mike flies out of Tokyo today.", "stop")[0] == "query_not_request"
+    assert "query_ungrounded" in steps.FILTERS and "answer_ungrounded" in steps.FILTERS  # counted in the manifest
+    assert batch._query_problem(s, "Any flights out of Tokyo today?", "stop") == ("", "")
+    assert batch._query_problem(s, "Any flights out of Tokyo today? Use search_flights", "stop")[0] == \
+        "query_names_tool"
+    off, s = _batch_and_state(ConstructConfig(filters={"require_grounded_query": False}), "Tokyo")
+    assert off._query_problem(s, "How many bats can Mike hold?", "stop") == ("", "")
+    # A no-tool-fits turn: its query must still state what it asks for (the needed call's values).
+    batch, s = _batch_and_state(ConstructConfig(), "Tokyo", need=True)
+    assert batch._query_problem(s, "Find me something nice.", "stop")[0] == "query_ungrounded"
+    assert batch._query_problem(s, "Any flights out of Tokyo today?", "stop") == ("", "")
+
+
+def test_the_answer_filter_wants_a_result_value_or_a_decline():
+    from ttpa_ray.config import ConstructConfig
+
+    batch, s = _batch_and_state(ConstructConfig(), "Tokyo")
+    s["cur"]["steps"][0][0]["result"] = {"flights": [{"id": "NH 106", "price": 812}]}
+    assert batch._answer_problem(s, "Flight NH 106 costs 812 dollars.", "stop") == ""
+    assert batch._answer_problem(s, "Have a wonderful trip to Japan!", "stop") == "answer_ungrounded"
+    assert batch._answer_problem(s, "Flight NH 106 costs", "length") == "truncated_answer"
+    batch, s = _batch_and_state(ConstructConfig(), "Tokyo", need=True)
+    assert batch._answer_problem(s, "Sorry, I can't search flights here; try an airline site.", "stop") == ""
+    assert batch._answer_problem(s, "Flights from Tokyo cost 300 dollars.", "stop") == "answer_ungrounded"
 
 
 def test_a_list_of_enum_choices_may_be_paraphrased():

@@ -17,16 +17,56 @@ FX = load_tool({"name": "convert", "description": "FX.", "parameters": {"type": 
     "amount": {"type": "number"}, "to": {"type": "array", "items": {"type": "string"}}}, "required": ["amount"]}})
 
 
-def test_plans_are_deterministic_and_in_range():
-    domains = {"a": ["t1", "t2", "t3"], "b": ["t4"]}
-    p1 = [steps.sample_plan(i, domains, 7, (1, 2), (1, 3), 2) for i in range(50)]
-    p2 = [steps.sample_plan(i, domains, 7, (1, 2), (1, 3), 2) for i in range(50)]
-    assert [vars(p) for p in p1] == [vars(p) for p in p2]
-    for p in p1:
-        assert 1 <= len(p.tools) <= 2 and set(p.tools) <= set(domains[p.domain])
-        assert len(p.num_calls) == 2 and all(1 <= c <= 3 for c in p.num_calls)
-    assert {p.domain for p in p1} == {"a", "b"}
-    assert [vars(p) for p in p1] != [vars(steps.sample_plan(i, domains, 8, (1, 2), (1, 3), 2)) for i in range(50)]
+DOMAINS = {"a": ["t1", "t2", "t3"], "b": ["t4", "t5"], "c": ["t6"]}
+EXAMPLES = {f"t{i}": [{"x": i}, {"x": 10 * i}, {"x": 100 * i}] for i in range(1, 7)}
+
+
+def _plans(kind, seed=7, distractors=(1, 2), turns=1):
+    return [steps.sample_plan(i, kind, DOMAINS, EXAMPLES, seed, distractors, (2, 3), turns) for i in range(40)]
+
+
+def test_plans_are_deterministic():
+    assert [vars(p) for p in _plans("multiple")] == [vars(p) for p in _plans("multiple")]
+    assert [vars(p) for p in _plans("multiple")] != [vars(p) for p in _plans("multiple", seed=8)]
+
+
+@pytest.mark.parametrize("kind", ["single", "multiple", "parallel", "parallel_multiple", "irrelevance"])
+def test_each_kind_plans_its_calls_and_offers_distractors(kind):
+    for p in _plans(kind):
+        calls = [c for step in p.turns[0]["steps"] for c in step]
+        used = {c[0] for c in calls}
+        assert used <= set(p.tools) and all(c[1] in EXAMPLES[c[0]] for c in calls)
+        unused = set(p.tools) - used
+        assert 1 <= len(unused) <= 2, p  # distractors [1, 2]
+        steps_ = p.turns[0]["steps"]
+        if kind == "single":
+            assert [len(s) for s in steps_] == [1]
+        elif kind == "multiple":
+            assert len(steps_) >= 2 and all(len(s) == 1 for s in steps_) and len(used) == len(steps_)
+        elif kind == "parallel":
+            assert len(steps_) == 1 and len(steps_[0]) >= 2 and len(used) == 1
+            assert len({json.dumps(c[1]) for c in steps_[0]}) == len(steps_[0])  # different arguments
+        elif kind == "parallel_multiple":
+            assert len(steps_) == 1 and len(steps_[0]) >= 2 and len(used) == len(steps_[0])
+        else:
+            need = p.turns[0]["need"]
+            assert steps_ == [] and need[0] in DOMAINS[p.domain]
+            assert not set(p.tools) & set(DOMAINS[p.domain])  # nothing offered fits
+    assert len({p.tools[0] for p in _plans(kind)}) > 1  # shuffled
+
+
+def test_zero_distractors_and_follow_up_turns():
+    for p in _plans("single", distractors=(0, 0), turns=3):
+        assert len(p.tools) == 1 and len(p.turns) == 3
+        assert all(len(t["steps"]) == 1 and t["steps"][0][0][0] in p.tools for t in p.turns)
+
+
+def test_kind_quota_follows_the_mix_exactly():
+    kinds = steps.kind_quota({"single": 0.3, "multiple": 0.2, "parallel": 0.15, "parallel_multiple": 0.15,
+                              "irrelevance": 0.2}, 20, 0)
+    assert {k: kinds.count(k) for k in set(kinds)} == {"single": 6, "multiple": 4, "parallel": 3,
+                                                       "parallel_multiple": 3, "irrelevance": 4}
+    assert kinds != sorted(kinds)
 
 
 def test_call_grammar_accepts_exactly_valid_calls():
@@ -63,16 +103,19 @@ def test_messages_render_through_the_chat_template(tiny_model):
 
     from ttpa_ray.toolcall import parse_calls
 
-    turn = {"index": 0, "query": "Weather in Oslo?", "answer": "It is 3 C.",
-            "memory": [{"name": "get_weather", "arguments": {"city": "Oslo"}, "result": {"temp_c": 3}}]}
-    msgs = steps.build_messages([turn])
-    assert [m["role"] for m in msgs] == ["user", "assistant", "tool", "assistant"]
-    assert msgs[2]["tool_call_id"] == msgs[1]["tool_calls"][0]["id"]
+    oslo = {"name": "get_weather", "arguments": {"city": "Oslo"}, "result": {"temp_c": 3}}
+    rome = {"name": "get_weather", "arguments": {"city": "Rome"}, "result": {"temp_c": 19}}
+    turns = [{"index": 0, "query": "Weather in Oslo and Rome?", "answer": "3 C and 19 C.", "steps": [[oslo, rome]]},
+             {"index": 1, "query": "Can you book me a table?", "answer": "Sorry, I can't book tables.", "steps": []}]
+    msgs = steps.build_messages(turns)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "tool", "tool", "assistant", "user", "assistant"]
+    assert [m["tool_call_id"] for m in msgs[2:4]] == [c["id"] for c in msgs[1]["tool_calls"]]  # one message, 2 calls
+    assert "tool_calls" not in msgs[6]
     tok = AutoTokenizer.from_pretrained(tiny_model)
     text = tok.apply_chat_template(msgs, tools=[WEATHER.openai()], tokenize=False)
-    assert '{"temp_c": 3}' in text
+    assert '{"temp_c": 3}' in text and '{"temp_c": 19}' in text
     call_text = text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
-    assert parse_calls(call_text).calls[0].arguments == {"city": "Oslo"}
+    assert [c.arguments for c in parse_calls(call_text).calls] == [{"city": "Oslo"}, {"city": "Rome"}]
     json.dumps(msgs)
 
 

@@ -1,7 +1,9 @@
 """The run report (ttpa_ray/report/build.py) on fabricated run folders in the real file formats:
 the tables hold the numbers the stages wrote, the PNGs are real images, the HTML is
-self-contained, missing stages become "not run" notes, variants sit beside the main run,
-and the page renders in headless Chromium (every image loaded, a non-blank screenshot).
+self-contained, missing stages become "not run" notes (and counts an older run lacks "not
+recorded" ones), the data card shows one constructed instance per kind, variants sit beside
+the main run, and the page renders in headless Chromium (every image loaded, the data card
+inside the page, a non-blank screenshot).
 
 No Ray: the evaluate metrics are made by the real pure functions of
 :mod:`ttpa_ray.evaluate.metrics` from fabricated scored rows, like the evaluate stage does.
@@ -71,13 +73,58 @@ def _pairs(path: Path, chosen: list[float], rejected: list[float]) -> None:
         "chosen_is_gold": [c == 1.0 for c in chosen], "mode": ["tps"] * n}), path)
 
 
+def _call(name: str, **arguments: Any) -> dict[str, Any]:
+    call_id = "call_" + "_".join(str(v) for v in arguments.values())  # unique within a message
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "description": f"{name} tool",
+                                             "parameters": {"type": "object", "properties": {}}}}
+
+
+QUERY = "Weather in Rome & <Paris> tomorrow?"
+DECLINE = "Sorry, none of my tools can tell jokes."
+LONG_ANSWER = "Rome will be 21 °C and Paris 18 °C. " + "Both cities stay dry through the afternoon. " * 20
+
+
+def _instances(path: Path, kinds: bool) -> None:
+    """instances.parquet as construct writes it: two parallel instances (the first, id 0, has
+    two calls in one message) and two irrelevance ones, out of id order. ``kinds`` False: an
+    older run's file, without the kind column and the provenance paths."""
+    def inst(i: int, kind: str, query: str, calls: list[dict[str, Any]], answer: str) -> dict[str, Any]:
+        msgs: list[dict[str, Any]] = [{"role": "user", "content": query}]
+        if calls:
+            msgs.append({"role": "assistant", "content": "", "tool_calls": calls})
+            msgs += [{"role": "tool", "tool_call_id": c["id"], "name": c["function"]["name"], "content": "{}"}
+                     for c in calls]
+        msgs.append({"role": "assistant", "content": answer})
+        prov = {"generator": "tiny-random", "seed": 0, "calls": len(calls)}
+        if kinds:
+            prov |= {"query_paths": ["generated"], "answer_paths": ["generated"]}
+        return {"id": i, "status": "kept", "kind": kind, "domain": "weather",
+                "tools": json.dumps([_tool("get_weather"), _tool("convert_units")]), "messages": json.dumps(msgs),
+                "query": query, "answer": answer, "provenance": json.dumps(prov)}
+
+    rows = [inst(2, "parallel", "Weather in Oslo and Bergen?", [_call("get_weather", city="Oslo"),
+                                                               _call("get_weather", city="Bergen")], "Cold."),
+            inst(1, "irrelevance", "Tell me a joke about cats.", [], DECLINE),
+            inst(0, "parallel", QUERY, [_call("get_weather", city="Rome"), _call("get_weather", city="Paris")],
+                 LONG_ANSWER),
+            inst(3, "irrelevance", "Sing me a song.", [], "I cannot sing.")]
+    if not kinds:
+        rows = [{k: v for k, v in r.items() if k != "kind"} for r in rows]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
 def make_run(root: Path, name: str = "fake", train: bool = True, evaluate: bool = True,
              trained_simple_valid: int = 3, losses: tuple[float, ...] = (0.6931, 0.52, 0.31),
-             variants: tuple[str, ...] = (), variant_of: Path | None = None) -> Path:
-    """A run folder like `ttpa run` leaves (job.json, manifests, metrics.jsonl, pairs.parquet,
-    evaluate/{base,trained}/metrics.json); ``train``/``evaluate`` False: as with the stage disabled.
-    ``variants``: a parent run (probe, construct, base evaluation; sample -> train in
-    ``variants/<name>/``); ``variant_of``: such a variant (construct linked, no probe, no base)."""
+             variants: tuple[str, ...] = (), variant_of: Path | None = None, kinds: bool = True) -> Path:
+    """A run folder like `ttpa run` leaves (job.json, manifests, instances.parquet, metrics.jsonl,
+    pairs.parquet, evaluate/{base,trained}/metrics.json); ``train``/``evaluate`` False: as with the
+    stage disabled. ``variants``: a parent run (probe, construct, base evaluation; sample -> train
+    in ``variants/<name>/``); ``variant_of``: such a variant (construct linked, no probe, no base).
+    ``kinds`` False: construct as older runs wrote it (no per-kind counts, paths or kind column)."""
     run = root / name
     run.mkdir(parents=True)
     job = {"name": name, "output_dir": str(root), "seed": 0, "target": {"model": "tiny-random"},
@@ -87,8 +134,16 @@ def make_run(root: Path, name: str = "fake", train: bool = True, evaluate: bool 
     if variant_of is None:
         _manifest(run, "probe", 35.3, rows=4, errors=0, with_tool_call_tag=1)
         filtered = {"invalid_call": 0, "tool_error": 0, "duplicate": 1}
+        new: dict[str, Any] = {}
+        if kinds:
+            filtered["answer_ungrounded"] = 0
+            new = {"kinds": {k: {"attempted": 0, "kept": 0} for k in ("single", "multiple", "parallel_multiple")}
+                   | {"parallel": {"attempted": 3, "kept": 2}, "irrelevance": {"attempted": 2, "kept": 2}},
+                   "query_paths": {"generated": 2, "rewrite": 1, "template": 1},
+                   "answer_paths": {"generated": 3, "template": 1}}
         _manifest(run, "construct", 84.0, attempted=5, rows_out=5, kept=4, errors=0, filtered=filtered,
-                  kept_share=0.8)
+                  kept_share=0.8, **new)
+        _instances(run / "construct" / "instances.parquet", kinds)
     else:
         (run / "construct").symlink_to(Path("..", "..", "construct"), target_is_directory=True)
     if variants:
@@ -172,10 +227,66 @@ def test_files_are_self_contained_and_linked(tmp_path: Path):
     assert "url(" not in page and "@import" not in page
     srcs = re.findall(r'src="([^"]*)"', page)
     assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert re.findall(r'href="([^"]*)"', page) == [f"#s{k}" for k in range(4)]  # in-page links only
+    assert re.findall(r'href="([^"]*)"', page) == [f"#s{k}" for k in range(5)]  # in-page links only
     assert "<td class=\"num pos\">+0.500</td>" in page and "<td class=\"num neg\">-0.500</td>" in page
     write_report(make_run(tmp_path, "again", train=False))  # fewer plots: no stale PNG stays behind
     assert not (tmp_path / "again" / "report" / "train_curves.png").exists()
+
+
+def test_data_section_shows_kinds_paths_and_one_example_per_kind(tmp_path: Path):
+    from ttpa_ray.report.build import build_report
+    from ttpa_ray.report.render import Call
+
+    report = build_report(read_run(make_run(tmp_path)))
+    tables = report.tables()
+    assert tables["Instances per kind"].header == ["kind", "attempted", "kept", "kept share"]
+    assert tables["Instances per kind"].rows == [
+        ["single", "0", "0", "–"], ["multiple", "0", "0", "–"], ["parallel", "3", "2", "0.667"],
+        ["parallel_multiple", "0", "0", "–"], ["irrelevance", "2", "2", "1.000"], ["total", "5", "4", "0.800"]]
+    paths = tables["Kept turns by the path that wrote them"]
+    assert paths.rows == [["generated", "2", "0.500", "3", "0.750"],
+                          ["rewrite (of a template seed)", "1", "0.250", "–", "–"],
+                          ["template (the seed itself)", "1", "0.250", "1", "0.250"],
+                          ["turns", "4", "", "4", ""]]
+    parallel, irrelevance = report.examples()  # the lowest id of each kind, in KINDS order
+    assert (parallel.kind, parallel.instance_id, irrelevance.kind, irrelevance.instance_id) == (
+        "parallel", 0, "irrelevance", 1)
+    assert parallel.tools == [("get_weather", True), ("convert_units", False)]
+    assert irrelevance.tools == [("get_weather", False), ("convert_units", False)]
+    (turn,) = parallel.turns
+    assert turn.query == QUERY
+    assert turn.steps == [[Call("get_weather", '{"city": "Rome"}'), Call("get_weather", '{"city": "Paris"}')]]
+    assert turn.answer.startswith(LONG_ANSWER[:300]) and len(turn.answer) < 450  # cut, saying how much
+    assert turn.answer.endswith(f"… [{len(LONG_ANSWER) - len(turn.answer.split(' … [')[0])} more characters]")
+    assert [(t.query, t.steps, t.answer) for t in irrelevance.turns] == [("Tell me a joke about cats.", [], DECLINE)]
+    # The per-kind and path dicts stay out of the stage table; the new filter adds to "dropped".
+    assert tables["Stages and row accounting: fake"].cell("construct", "other") == "rows_out 5, kept_share 0.800"
+
+    write_report(tmp_path / "fake")
+    page = (tmp_path / "fake" / "report" / "report.html").read_text()
+    assert "Weather in Rome &amp; &lt;Paris&gt; tomorrow?" in page and QUERY not in page  # escaped
+    calls = re.search(r"<dt>calls</dt><dd>(.*?)</dd>", page).group(1)  # the parallel calls share one line
+    assert calls == ('<div class="call"><code><b>get_weather</b> {"city": "Rome"}</code></div>'
+                     '<div class="call"><code><b>get_weather</b> {"city": "Paris"}</code></div>')
+    assert f"<dt>calls</dt><dd>none (answered in text)</dd><dt>answer</dt><dd>{DECLINE}</dd>" in page
+    assert '<code class="used">✓ get_weather</code> <code>convert_units</code>' in page
+    assert "Oslo" not in page and "Sing me a song." not in page  # not the first of their kind
+    md = (tmp_path / "fake" / "report" / "report.md").read_text()
+    assert "- **calls**: `get_weather {\"city\": \"Rome\"}`; `get_weather {\"city\": \"Paris\"}`" in md
+    assert "- **user**: Weather in Rome & &lt;Paris> tomorrow?" in md and f"- **answer**: {DECLINE}" in md
+
+
+def test_a_run_without_kinds_builds_with_not_recorded_notes(tmp_path: Path):
+    run = make_run(tmp_path, kinds=False, train=False, evaluate=False)  # fewer plots to draw
+    counts = write_report(run)
+    md = (run / "report" / "report.md").read_text()
+    new = ("construct: instances per kind not recorded (an older run: construct recorded no kinds)",
+           "construct: query and answer paths not recorded", "construct: data card not recorded")
+    assert all(text in md for text in new) and "Instances per kind" not in md
+    assert counts["notes"] == 3 + 2  # and train, evaluate disabled
+    (run / "construct" / "instances.parquet").unlink()
+    write_report(run)
+    assert "construct: no data card (no instances.parquet in" in (run / "report" / "report.md").read_text()
 
 
 def test_missing_stages_are_not_run_notes(tmp_path: Path):
@@ -291,19 +402,26 @@ def _chromium_driver(profile: Path):
 
 def screenshot_report(html_path: Path, png_path: Path, profile: Path) -> dict[str, Any]:
     """Open the page in headless Chromium, read its images' load state, and save a full-page
-    screenshot; returns what the page showed (title, h2 texts, images)."""
+    screenshot; returns what the page showed (title, h2 texts, images, data card texts, and
+    how many data card boxes overflow)."""
     browser = _chromium_driver(profile)
     try:
         browser.get(html_path.resolve().as_uri())
         images = browser.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
         headings = [h.text for h in browser.find_elements("tag name", "h2")]
+        examples = [e.text for e in browser.find_elements("css selector", "div.example")]
+        overflowing = browser.execute_script(  # data card lines wider than their box, or cards past the page
+            "const main = document.querySelector('main').getBoundingClientRect();"
+            "return Array.from(document.querySelectorAll('div.example, div.example dd')).filter("
+            "e => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right > main.right).length;")
         size = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
             "format": "png", "captureBeyondViewport": True,
             "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
         png_path.write_bytes(base64.b64decode(shot["data"]))
-        return {"title": browser.title, "headings": headings, "images": images}
+        return {"title": browser.title, "headings": headings, "images": images, "examples": examples,
+                "overflowing": overflowing}
     finally:
         browser.quit()
 
@@ -314,8 +432,13 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
     shot = tmp_path / "screenshot.png"
     page = screenshot_report(Path(counts["html"]), shot, tmp_path / "profile")
     assert page["title"] == "TTPA report: fake"
-    assert page["headings"] == ["Evaluation: base vs trained", "Training", "Preference pairs",
-                                "Stages: timings and row accounting"]
+    assert page["headings"] == ["Evaluation: base vs trained", "Data: constructed instances", "Training",
+                                "Preference pairs", "Stages: timings and row accounting"]
+    parallel, irrelevance = page["examples"]
+    assert parallel.startswith("parallel instance 0 · domain weather") and QUERY in parallel
+    assert 'get_weather {"city": "Rome"}\nget_weather {"city": "Paris"}' in parallel
+    assert irrelevance.startswith("irrelevance instance 1") and DECLINE in irrelevance
+    assert page["overflowing"] == 0
     assert len(page["images"]) == counts["plots"] == 5
     assert all(done and w > 0 and h > 0 for done, w, h in page["images"]), page["images"]
     with Image.open(io.BytesIO(shot.read_bytes())) as im:

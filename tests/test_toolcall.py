@@ -91,3 +91,28 @@ def test_render_roundtrip_and_template(tiny_model):
     text = render_with_template(tok, [{"role": "user", "content": "hi"}], calls, tools=[WEATHER])
     assert text.endswith("<|im_end|>\n") and parse_calls(text.removesuffix("<|im_end|>\n")).calls == calls
     assert json.loads(text.split("<tool_call>\n")[1].split("\n</tool_call>")[0])["name"] == "get_weather"
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "smollm2"])
+def test_parallel_calls_render_as_blocks_that_parse_back(model, request):
+    """One assistant message with two calls (a parallel step) -> one <tool_call> block per call,
+    through each bundled model's real chat template."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(request.getfixturevalue(model))
+    calls = [CALL, ToolCall("get_weather", {"city": "Oslo", "unit": "c"})]
+    text = render_with_template(tok, [{"role": "user", "content": "Paris and Oslo?"}], calls, tools=[WEATHER])
+    assert text.count("<tool_call>") == 2 and text.count("</tool_call>") == 2
+    assert parse_calls(text.removesuffix("\n").removesuffix(tok.eos_token)).calls == calls
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "smollm2"])
+def test_no_call_turn_renders_as_the_text_answer(model, request):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(request.getfixturevalue(model))
+    answer = "None of my tools can book a table, but the place is open until 22:00."
+    text = render_with_template(tok, [{"role": "user", "content": "Book a table?"}], [], tools=[WEATHER],
+                                content=answer)
+    assert text.removesuffix("\n").removesuffix(tok.eos_token) == answer
+    assert parse_calls(answer).calls == [] and parse_calls(answer).error is None

@@ -172,6 +172,10 @@ class ScoreConfig(Section):
 
     weights: ESMWeights = ESMWeights()
     threshold: float = Field(0.8, ge=0, le=1, description="Below it the best candidate is replaced by gold as chosen.")
+    chosen_must_be_valid: bool = Field(
+        True, description="The best candidate replaces the gold as chosen only when ESM finds no error in it "
+        "(and it scores >= threshold). A departure from the released TTPA rule (score >= threshold alone), "
+        "under which a call with one wrong value (0.818) is chosen over the gold; false restores that rule.")
     pool: PoolConfig = PoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=512)
     execution_check: bool = Field(False, description="Also execute matched predicted and gold calls of tools "
                                                      "that have an implementation and compare their results.")
@@ -199,13 +203,43 @@ class ConstructFilters(Section):
         False, description="Drop queries that repeat a string argument value verbatim (strict; off by default "
         "because natural queries mention cities, dates ...).")
     require_grounded_query: bool = Field(
-        False, description="Drop instances whose conversation does not determine their calls: every argument "
+        True, description="Drop instances whose conversation does not determine their calls: every argument "
         "value must be readable from the user text so far or an earlier tool result (enum/boolean parameters "
-        "may be paraphrased; ttpa_ray/construct/grounding.py). Off by default until the small generator's "
-        "query step passes it (with SmolLM2 almost no instance does).")
+        "may be paraphrased; ttpa_ray/construct/grounding.py). Counted as query_ungrounded.")
+    require_request: bool = Field(
+        True, description="Drop queries that are not a request (a question, or an ask in the first person or "
+        "imperative) but a statement, as small generators write. Counted as query_not_request.")
+    require_grounded_answer: bool = Field(
+        True, description="Drop turns whose final answer states no value of the turn's tool results (echoes of "
+        "the query do not count), and no-tool-fits answers that do not decline. Counted as answer_ungrounded.")
     dedupe: bool = True
     drop_truncated: bool = Field(True, description="Drop answers/queries cut by max_tokens (keep them only for "
                                                    "smoke tests with tiny budgets).")
+
+
+KINDS = ("single", "multiple", "parallel", "parallel_multiple", "irrelevance")
+
+
+class ConstructMix(Section):
+    """Shares of instance kinds (BFCL's categories). single: one call; multiple: calls of
+    different tools one after another; parallel: several calls of one tool in one message;
+    parallel_multiple: calls of different tools in one message; irrelevance: no offered tool
+    fits, the gold is a text answer."""
+
+    single: float = Field(0.3, ge=0)
+    multiple: float = Field(0.2, ge=0)
+    parallel: float = Field(0.15, ge=0)
+    parallel_multiple: float = Field(0.15, ge=0)
+    irrelevance: float = Field(0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _some(self) -> ConstructMix:
+        if sum(self.shares().values()) <= 0:
+            raise ValueError("construct.mix: at least one share must be > 0")
+        return self
+
+    def shares(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in KINDS}
 
 
 def _range(v: tuple[int, int], what: str) -> tuple[int, int]:
@@ -220,12 +254,22 @@ class ConstructConfig(Section):
     enabled: bool = True
     catalog: str = Field("bundled", description="'bundled' or a path: OpenAI-schema JSON/JSONL, or a ToolBench folder.")
     num_instances: int = Field(16, ge=1)
-    tools_per_instance: tuple[int, int] = Field((1, 3), description="[min, max] tools offered per instance.")
-    calls_per_turn: tuple[int, int] = Field((1, 2), description="[min, max] tool calls per turn.")
-    turns: int = Field(1, ge=1, le=8, description="User turns per instance.")
+    mix: ConstructMix = Field(default_factory=lambda: ConstructMix(), description="Shares of instance kinds.")
+    distractors: tuple[int, int] = Field((1, 3), description="[min, max] unused tools offered next to the used "
+                                         "ones (own domain and others, shuffled), so the model has to select.")
+    calls_per_turn: tuple[int, int] = Field((2, 3), description="[min, max] calls of the multi-call kinds "
+                                            "(multiple, parallel, parallel_multiple); single has one.")
+    turns: int = Field(1, ge=1, le=8, description="User turns per instance: later turns follow up on the earlier "
+                                                  "answer with a call of their own.")
     temperature: float = Field(0.7, ge=0)
-    grounded: bool = Field(True, description="Build scenarios around known-good example calls of the catalog "
-                                             "(see construct_steps); needed for small generators.")
+    grounded: bool = Field(True, description="Build scenarios and calls around known-good example calls of the "
+                                             "catalog (construct/steps.py); needed for small generators.")
+    query_attempts: int = Field(3, ge=1, description="Query generations per turn until the filters pass: the "
+                                "first free, the rest rewriting the template seed.")
+    answer_attempts: int = Field(2, ge=1, description="Answer generations per turn until the answer filter "
+                                 "passes.")
+    templates: bool | None = Field(None, description="Use query/answer templates as rewrite seeds and as the last "
+                                   "resort when no generation passes. null: on, except for backend openai.")
     max_tokens: ConstructMaxTokens = ConstructMaxTokens()
     sandbox: SandboxSection = SandboxSection()
     filters: ConstructFilters = ConstructFilters()
@@ -233,11 +277,26 @@ class ConstructConfig(Section):
 
     @model_validator(mode="after")
     def _ranges(self) -> ConstructConfig:
-        _range(self.tools_per_instance, "tools_per_instance")
+        _range(self.distractors, "distractors")
         _range(self.calls_per_turn, "calls_per_turn")
-        if self.tools_per_instance[0] < 1 or self.calls_per_turn[0] < 1:
-            raise ValueError("tools_per_instance and calls_per_turn start at 1")
+        if self.distractors[0] < 0 or self.calls_per_turn[0] < 2:
+            raise ValueError("distractors start at 0 and calls_per_turn at 2 (it sizes the multi-call kinds)")
+        if self.filters.forbid_argument_leak and self.filters.require_grounded_query:
+            raise ValueError("filters.forbid_argument_leak drops queries that state argument values, which "
+                             "require_grounded_query needs: turn one of them off")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tools_per_instance" in data:
+            raise ValueError("tools_per_instance was replaced by construct.mix (which sets the used tools per "
+                             "kind) and construct.distractors: [min, max] (the unused tools offered)")
+        return data
+
+    @property
+    def use_templates(self) -> bool:
+        return self.generator.backend != "openai" if self.templates is None else self.templates
 
 
 class SampleConfig(Section):
@@ -247,12 +306,18 @@ class SampleConfig(Section):
     mode: Literal["tps", "nsample"] = Field("tps", description="tps: branch at single tokens; nsample: n whole "
                                                                 "completions per turn (the authors' released code).")
     top_k: int = Field(5, ge=1, le=20, description="Alternatives read per gold token (prompt_logprobs).")
-    min_prob: float = Field(0.05, gt=0, lt=1, description="Branch where an alternative has at least this probability.")
+    min_prob: float = Field(0.05, gt=0, lt=1, description="Branch inside a call's decisions (name, keys, values) "
+                            "where an alternative has at least this probability. A turn's first token is branched "
+                            "whatever its probability (call-or-not: the most probable alternative that flips call "
+                            "vs answer).")
     max_branches_per_call: int = Field(4, ge=1)
     max_tokens: int = Field(192, ge=8, description="Completion length of a branch or sample.")
     temperature: float = Field(0.0, ge=0, description="Branch completion: 0 = greedy.")
-    n_samples: int = Field(8, ge=2, description="nsample mode: completions per turn.")
+    n_samples: int = Field(8, ge=2, description="nsample mode: completions per call turn.")
     nsample_temperature: float = Field(1.0, gt=0)
+    no_call_samples: int = Field(4, ge=0, description="No-call (irrelevance) gold turns, both modes: whole "
+                                 "completions drawn at nsample_temperature; one that calls a tool is a rejected "
+                                 "side (ESM: unexpected_call), the gold text always the chosen one. 0 = none.")
 
 
 class ReferenceConfig(Section):

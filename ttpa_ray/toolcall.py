@@ -357,20 +357,24 @@ def render_calls(calls: Iterable[ToolCall | dict[str, Any]]) -> str:
 
 
 def assistant_message(calls: Iterable[ToolCall], content: str = "") -> dict[str, Any]:
-    """An OpenAI-format assistant message carrying ``calls``."""
-    return {"role": "assistant", "content": content,
-            "tool_calls": [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                           for c in calls]}
+    """An OpenAI-format assistant message: ``content``, and ``tool_calls`` when there are calls
+    (a text answer has no ``tool_calls`` key: some templates test for the key, not for calls)."""
+    msg: dict[str, Any] = {"role": "assistant", "content": content}
+    tool_calls = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+    if tool_calls:
+        msg["tool_calls"] = tool_calls
+    return msg
 
 
 def render_with_template(tokenizer: Any, messages: list[dict[str, Any]], calls: list[ToolCall],
-                         tools: list[dict[str, Any]] | None = None) -> str:
-    """The assistant turn text of ``calls`` as the model's own chat template writes it:
-    the rendering of (messages + call turn) minus the rendering of messages with the
-    generation prompt."""
+                         tools: list[dict[str, Any]] | None = None, content: str = "") -> str:
+    """The assistant turn text of ``calls`` (with no calls: of the text answer ``content``) as
+    the model's own chat template writes it: the rendering of (messages + that turn) minus the
+    rendering of messages with the generation prompt."""
     prefix = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(messages + [assistant_message(calls)], tools=tools, tokenize=False)
+    full = tokenizer.apply_chat_template(messages + [assistant_message(calls, content)], tools=tools,
+                                         tokenize=False)
     if not full.startswith(prefix):
         raise ValueError("the chat template renders history differently with an assistant turn appended; "
-                         "cannot isolate the call text")
+                         "cannot isolate the assistant turn's text")
     return full[len(prefix):]

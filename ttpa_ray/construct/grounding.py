@@ -30,6 +30,21 @@ walked):
 []
 >>> ungrounded(conv("Mike wants to know how many bats he can hold", {"city": "Tokyo", "days": 3}), tools)
 ["get_weather.city='Tokyo'", 'get_weather.days=3']
+
+An *answer* is grounded (:func:`answer_grounded`) when it states at least one value of each of
+the turn's tool results (a result with no value that counts is skipped; an answer to several
+calls has to use them all). The turn is its memory: ``{"name", "arguments", "result"}`` per call. The values
+that count (:func:`result_facts`) are the scalar leaves of the results, except booleans, None,
+strings shorter than 3 characters, and any value equal to an argument value of the turn's calls
+(a result that echoes the query shows nothing was read). A string counts when it appears in the
+answer by the string rule above (dates in their written forms too), a number by value.
+
+>>> memory = [{"name": "get_weather", "arguments": {"city": "Tokyo"},
+...            "result": {"city": "Tokyo", "temperature": 18.0, "condition": "partly cloudy", "rain": False}}]
+>>> answer_grounded("It is 18 degrees in Tokyo.", memory), answer_grounded("Partly cloudy today!", memory)
+(True, True)
+>>> answer_grounded("Tokyo is lovely; enjoy your trip!", memory)   # only the city, which the user gave
+False
 """
 
 from __future__ import annotations
@@ -99,8 +114,13 @@ def _schemas(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _free_choice(spec: dict[str, Any], value: Any) -> bool:
-    """Enum and boolean parameters, and a value equal to the default, need no mention."""
+def free_choice(spec: dict[str, Any], value: Any) -> bool:
+    """Enum and boolean parameters (and lists of them), and a value equal to the default, need
+    no mention (``spec`` is the parameter's JSON Schema).
+
+    >>> free_choice({"type": "string", "enum": ["km", "mi"]}, "mi"), free_choice({"type": "integer"}, 3)
+    (True, False)
+    """
     t = spec.get("type")
     items = spec.get("items") if isinstance(spec.get("items"), dict) else {}
     return ("enum" in spec or t in ("boolean", "bool") or (isinstance(t, list) and "boolean" in t)
@@ -126,8 +146,49 @@ def ungrounded(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> l
                 args = json.loads(args)
             for key, value in args.items():
                 spec = props.get(fn.get("name", ""), {}).get(key, {})
-                if _free_choice(spec, value):
+                if free_choice(spec, value):
                     continue
                 missing += [f"{fn.get('name')}{path}={leaf!r}" for path, leaf in _leaves(value, f".{key}")
                             if not _found(leaf, context, numbers)]
     return missing
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return isinstance(a, str) and isinstance(b, str) and _norm(a) == _norm(b)
+
+
+def result_facts(memory: list[dict[str, Any]]) -> list[tuple[int, str, Any]]:
+    """``(call index, path, value)`` of every result leaf an answer can state to show it used the
+    results: not a boolean or None, not a string under 3 characters, not equal to an argument
+    value of the turn's calls. Paths look like ``.forecast[0].high_c``.
+
+    >>> result_facts([{"name": "f", "arguments": {"city": "Oslo"}, "result": {"city": "Oslo", "ok": True,
+    ...                "temps": [3, 4.5], "sky": "fog", "wind": "N"}}])
+    [(0, '.temps[0]', 3), (0, '.temps[1]', 4.5), (0, '.sky', 'fog')]
+    """
+    echoes = [leaf for m in memory for _, leaf in _leaves(m.get("arguments") or {}, "")]
+    facts = []
+    for i, m in enumerate(memory):
+        for path, leaf in _leaves(m.get("result"), ""):
+            if leaf is None or isinstance(leaf, bool) or (isinstance(leaf, str) and len(_norm(leaf)) < 3):
+                continue
+            if not isinstance(leaf, (str, int, float)) or any(_same(leaf, e) for e in echoes):
+                continue
+            facts.append((i, path, leaf))
+    return facts
+
+
+def answer_grounded(answer: str, memory: list[dict[str, Any]]) -> bool:
+    """Does the answer state at least one value of each of the turn's tool results that has one
+    (rules in the module docstring)? ``memory`` holds ``{"name", "arguments", "result"}`` per call of the turn."""
+    context = _norm(answer)
+    numbers = _numbers(answer)
+    facts: dict[int, bool] = {}
+    for call, _, value in result_facts(memory):
+        stated = float(value) in numbers if isinstance(value, (int, float)) else _found(value, context, numbers)
+        facts[call] = facts.get(call, False) or stated
+    return bool(facts) and all(facts.values())

@@ -2,17 +2,24 @@
 
     ttpa construct jobs/demo-cpu.yaml [key=value ...]
 
-Each batch of instance plans goes through the steps of :mod:`ttpa_ray.construct.steps` in
-lockstep (one batched generation per step): scenario -> calls one at a time (JSON-schema
-constrained, executed in the sandbox or simulated by the generator) -> final answer -> user
-query, for each turn. Every attempted instance leaves the stage as a row whose ``status``
-is ``kept``, a filter name, or ``error``; the manifest counts them all.
+A plan per instance (:func:`plans`) fixes its kind (``construct.mix``: single, multiple,
+parallel, parallel_multiple, irrelevance), the offered tools (used ones plus
+``construct.distractors``, shuffled) and per turn the calls to make. Each batch of plans goes
+through the steps of :mod:`ttpa_ray.construct.steps` in lockstep (one batched generation per
+step): scenario -> per turn, the calls step by step (JSON-schema constrained to the planned
+tool, executed in the sandbox or simulated by the generator; a parallel step's calls go in one
+assistant message) -> final answer (retried until it states a result value) -> user query
+(retried until it determines every call; template seeds when the generator cannot). Every
+attempted instance leaves the stage as a row whose ``status`` is ``kept``, a filter name, or
+``error``; the manifest counts them all, per kind.
 
 Output (``<run>/construct/``): ``instances.parquet`` (kept rows), ``rejected.parquet``
 (everything else, with ``reason``), ``instances.jsonl`` (OpenAI messages + tools). Columns:
-id, status, reason, domain, tools (JSON: OpenAI schemas), messages (JSON: OpenAI chat with
+id, status, reason, kind, domain, tools (JSON: OpenAI schemas), messages (JSON: OpenAI chat with
 tool calls and tool results), query (first turn), answer (last turn), scenario, constraints
-(JSON), provenance (JSON: generator, seed, simulated tools, executed calls).
+(JSON: kind, style, the plan), provenance (JSON: generator, seed, simulated tools, per turn
+the path that wrote the query (generated / rewrite / template) and the answer (generated /
+template), executed calls).
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from ttpa_ray.construct import steps
-from ttpa_ray.construct.grounding import ungrounded
+from ttpa_ray.construct import templates
+from ttpa_ray.construct.grounding import answer_grounded, ungrounded
 from ttpa_ray import faults
-from ttpa_ray.config import ConstructConfig
+from ttpa_ray.config import KINDS, ConstructConfig
 from ttpa_ray.engines.base import SamplingParams
 from ttpa_ray.toolcall import ToolSchema
 from ttpa_ray.tools.catalog import resolve_catalog
@@ -69,16 +77,15 @@ class ConstructBatch:
         states = []
         for i in range(len(batch["id"])):
             names = [str(n) for n in batch["tools"][i]]
-            states.append({"id": int(batch["id"][i]), "domain": str(batch["domain"][i]),
+            states.append({"id": int(batch["id"][i]), "domain": str(batch["domain"][i]), "kind": str(batch["kind"][i]),
                            "schemas": [self.tools[n].schema for n in names],
-                           "calls": [int(c) for c in batch["num_calls"][i]],
+                           "plan": json.loads(str(batch["turns"][i])),
                            "constraints": json.loads(str(batch["constraints"][i])),
-                           "hints": json.loads(str(batch["hints"][i])),
-                           "status": None, "reason": "", "turns": [], "simulated": set()})
+                           "status": None, "reason": "", "turns": [], "simulated": set(), "paths": []})
         try:
             self._scenarios(states)
             faults.kill_once(self.fault_marker, "construct batch, after the scenario step")
-            for t in range(max(len(s["calls"]) for s in states)):
+            for t in range(max(len(s["plan"]) for s in states)):
                 self._turn(states, t)
         except Exception as exc:  # noqa: BLE001 - an engine failure marks the batch's rows, the stage goes on
             log.exception("construct batch failed")
@@ -87,144 +94,295 @@ class ConstructBatch:
                     s["status"], s["reason"] = "error", f"{type(exc).__name__}: {exc}"
         return self._rows(states)
 
+    @staticmethod
+    def _fail(s: dict[str, Any], status: str, reason: str) -> None:
+        s["status"], s["reason"] = status, reason
+
     def _scenarios(self, states: list[dict[str, Any]]) -> None:
-        convs = [steps.scenario_messages(s["schemas"], s["constraints"]["style"], s["hints"]) for s in states]
+        convs = []
+        for s in states:
+            calls = [c for turn in s["plan"] for step in turn["steps"] for c in step]
+            calls += [turn["need"] for turn in s["plan"] if turn["need"]]
+            tools = [self.tools[n].schema for n in dict.fromkeys(c[0] for c in calls)]
+            hints = [(n, h) for n, h in calls if h] if self.cfg.grounded else []
+            convs.append(steps.scenario_messages(tools, s["constraints"]["style"], hints))
         outs = self._chat(convs, [self._params(self.cfg.max_tokens.scenario, salt=s["id"]) for s in states])
         for s, (text, _, err) in zip(states, outs):
             if err:
-                s["status"], s["reason"] = "error", f"scenario: {err}"
+                self._fail(s, "error", f"scenario: {err}")
             s["scenario"] = text
 
+    # ------------------------------------------------------------------ one turn
+
     def _turn(self, states: list[dict[str, Any]], t: int) -> None:
-        live = [s for s in states if s["status"] is None and t < len(s["calls"])]
+        live = [s for s in states if s["status"] is None and t < len(s["plan"])]
         for s in live:
-            s["memory"] = []
-        for step in range(max((s["calls"][t] for s in live), default=0)):
-            active = [s for s in live if s["status"] is None and step < s["calls"][t]]
+            s["cur"] = {"index": t, "steps": [], "plan": s["plan"][t]}
+        n_steps = max((len(s["cur"]["plan"]["steps"]) for s in live), default=0)
+        for k in range(n_steps):
+            self._step([s for s in live if s["status"] is None and k < len(s["cur"]["plan"]["steps"])], k)
+        live = [s for s in live if s["status"] is None]
+        self._answers(live)
+        live = [s for s in live if s["status"] is None]
+        self._queries(live)
+
+    def _memory(self, s: dict[str, Any]) -> list[dict[str, Any]]:
+        """The calls of the current turn so far (with results once executed)."""
+        return [m for step in s["cur"]["steps"] for m in step]
+
+    def _step(self, states: list[dict[str, Any]], k: int) -> None:
+        """Step ``k`` of each state's current turn: its planned calls (one message; several are
+        independent, generated one after another without results), then their execution."""
+        for s in states:
+            s["cur"]["steps"].append([])
+        width = max(len(s["cur"]["plan"]["steps"][k]) for s in states)
+        for j in range(width):
+            active = [s for s in states if s["status"] is None and j < len(s["cur"]["plan"]["steps"][k])]
             convs, params = [], []
             for s in active:
-                convs.append(steps.call_messages(s["scenario"], s["schemas"], s["memory"], step + 1, s["calls"][t],
-                                                 s["hints"]))
-                params.append(self._params(self.cfg.max_tokens.call, steps.call_grammar(s["schemas"]),
-                                           salt=s["id"] * 31 + step))
+                name, hint = s["cur"]["plan"]["steps"][k][j]
+                total = sum(len(x) for x in s["cur"]["plan"]["steps"])
+                schema = self.tools[name].schema
+                convs.append(steps.call_messages(s["scenario"], schema, self._memory(s), len(self._memory(s)) + 1,
+                                                 total, hint if self.cfg.grounded else None))
+                params.append(self._params(self.cfg.max_tokens.call, steps.call_grammar([schema]),
+                                           salt=s["id"] * 31 + k * 7 + j))
             for s, (text, finish, err) in zip(active, self._chat(convs, params)):
-                self._take_call(s, text, finish, err)
-            self._execute([s for s in active if s["status"] is None and s["memory"] and "result" not in s["memory"][-1]])
-        live = [s for s in live if s["status"] is None]
-        outs = self._chat([steps.answer_messages(s["scenario"], s["memory"]) for s in live],
-                          [self._params(self.cfg.max_tokens.answer, salt=s["id"] + 7) for s in live])
-        for s, (text, finish, err) in zip(live, outs):
-            s["answer"], s["answer_finish"] = text, finish
-            if err:
-                s["status"], s["reason"] = "error", f"answer: {err}"
-        live = [s for s in live if s["status"] is None]
-        outs = self._chat([steps.query_messages(s["scenario"], s["memory"], s["answer"]) for s in live],
-                          [self._params(self.cfg.max_tokens.query, salt=s["id"] + 13, stop=("\n\n",)) for s in live])
-        for s, (text, finish, err) in zip(live, outs):
-            if err:
-                s["status"], s["reason"] = "error", f"query: {err}"
-                continue
-            text = steps.clean_text(text)
-            s["turns"].append({"index": t, "query": text, "answer": s["answer"], "memory": s["memory"]})
-            self._filter_turn(s, text, finish)
+                self._take_call(s, text, err)
+        self._execute([(s, m) for s in states if s["status"] is None for m in s["cur"]["steps"][k]])
 
-    def _take_call(self, s: dict[str, Any], text: str, finish: str, err: str) -> None:
+    def _take_call(self, s: dict[str, Any], text: str, err: str) -> None:
         import jsonschema
 
         if err:
-            s["status"], s["reason"] = "error", f"call: {err}"
+            self._fail(s, "error", f"call: {err}")
             return
         try:
             call = json.loads(text)
-            schema = next(x for x in s["schemas"] if x.name == call["name"])
+            schema = self._schema(s, call["name"])
             jsonschema.validate(call["arguments"], {"type": "object", "properties": schema.properties,
                                                     "required": list(schema.required)})
         except (ValueError, KeyError, TypeError, StopIteration, jsonschema.ValidationError) as exc:
-            s["status"], s["reason"] = "invalid_call", f"{type(exc).__name__}: {str(exc)[:200]} in {text[:200]!r}"
+            self._fail(s, "invalid_call", f"{type(exc).__name__}: {str(exc)[:200]} in {text[:200]!r}")
             return
-        s["memory"].append({"name": call["name"], "arguments": call["arguments"]})
+        s["cur"]["steps"][-1].append({"name": call["name"], "arguments": call["arguments"]})
 
-    def _execute(self, states: list[dict[str, Any]]) -> None:
-        real = [s for s in states if self.tools[s["memory"][-1]["name"]].executable]
-        sim = [s for s in states if not self.tools[s["memory"][-1]["name"]].executable]
-        results = self.sandbox.execute_many([(self.tools[s["memory"][-1]["name"]].impl,
-                                              s["memory"][-1]["arguments"]) for s in real])
-        for s, r in zip(real, results):
-            s["memory"][-1]["result"] = r.output if r.ok else {"error": r.error}
-            if not r.ok:
-                s["status"], s["reason"] = "tool_error", f"{s['memory'][-1]['name']}: {r.error}"
-        if sim:
-            convs = [steps.simulate_messages(self._schema(s, s["memory"][-1]["name"]), s["memory"][-1]["arguments"])
-                     for s in sim]
-            outs = self._chat(convs, [self._params(self.cfg.max_tokens.simulate, {"type": "object"}, salt=s["id"])
-                                      for s in sim])
-            for s, (text, _, err) in zip(sim, outs):
-                s["simulated"].add(s["memory"][-1]["name"])
+    def _execute(self, calls: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        real = [(s, m) for s, m in calls if self.tools[m["name"]].executable]
+        sim = [(s, m) for s, m in calls if not self.tools[m["name"]].executable]
+        results = self.sandbox.execute_many([(self.tools[m["name"]].impl, m["arguments"]) for _, m in real])
+        for (s, m), r in zip(real, results):
+            m["result"] = r.output if r.ok else {"error": r.error}
+            if not r.ok and s["status"] is None:
+                self._fail(s, "tool_error", f"{m['name']}: {r.error}")
+        for attempt in range(2):  # a simulated result that is not JSON (cut by max_tokens) gets one retry
+            if not sim:
+                break
+            convs = [steps.simulate_messages(self.tools[m["name"]].schema, m["arguments"]) for _, m in sim]
+            outs = self._chat(convs, [self._params(self.cfg.max_tokens.simulate, steps.SIMULATED_RESULT,
+                                                   salt=s["id"] + i + 4099 * attempt) for i, (s, _) in enumerate(sim)])
+            failed = []
+            for (s, m), (text, _, err) in zip(sim, outs):
+                s["simulated"].add(m["name"])
                 try:
-                    s["memory"][-1]["result"] = json.loads(text)
+                    m["result"] = json.loads(text)
                 except ValueError:
-                    s["memory"][-1]["result"] = {"error": "simulation failed"}
-                    s["status"], s["reason"] = "tool_error", f"simulated {s['memory'][-1]['name']}: {err or text[:100]}"
+                    m["result"] = {"error": "simulation failed"}
+                    failed.append((s, m))
+                    if attempt == 1 and s["status"] is None:
+                        self._fail(s, "tool_error", f"simulated {m['name']}: {err or text[:100]}")
+            sim = failed
 
-    @staticmethod
-    def _schema(s: dict[str, Any], name: str) -> ToolSchema:
-        return next(x for x in s["schemas"] if x.name == name)
+    def _schema(self, s: dict[str, Any], name: str) -> ToolSchema:
+        if name in self.tools and self.tools[name].schema in s["schemas"]:
+            return self.tools[name].schema
+        raise KeyError(f"{name!r} is not offered")
 
-    def _filter_turn(self, s: dict[str, Any], query: str, finish: str) -> None:
+    # ------------------------------------------------------------------ answer, then query
+
+    def _answers(self, live: list[dict[str, Any]]) -> None:
+        """The final answer, before the query (reversed order). Retried with new seeds until it
+        passes its filters (``answer_attempts``); then the template answer, when templates are on."""
+        pending = list(live)
+        for attempt in range(self.cfg.answer_attempts):
+            if not pending:
+                break
+            convs = []
+            for s in pending:
+                need = s["cur"]["plan"]["need"]
+                convs.append(steps.no_fit_answer_messages(self.tools[need[0]].schema, need[1] or {}) if need else
+                             steps.answer_messages(s["scenario"], self._memory(s)))
+            outs = self._chat(convs, [self._params(self.cfg.max_tokens.answer, salt=s["id"] + 7 + 1009 * attempt)
+                                      for s in pending])
+            still = []
+            for s, (text, finish, err) in zip(pending, outs):
+                if err:
+                    self._fail(s, "error", f"answer: {err}")
+                    continue
+                s["cur"]["answer"], s["cur"]["answer_path"] = text, "generated"
+                if self._answer_problem(s, text, finish):
+                    still.append(s)
+            pending = still
+        for s in pending:
+            problem = self._answer_problem(s, s["cur"]["answer"], "stop")
+            if self.cfg.use_templates:
+                need = s["cur"]["plan"]["need"]
+                s["cur"]["answer"] = (templates.no_tool_answer(self.tools[need[0]].schema.description) if need
+                                      else templates.fallback_answer(self._memory(s)))
+                s["cur"]["answer_path"] = "template"
+                problem = self._answer_problem(s, s["cur"]["answer"], "stop")
+            if problem:
+                self._fail(s, problem, f"turn {s['cur']['index'] + 1}: {problem}")
+
+    def _answer_problem(self, s: dict[str, Any], answer: str, finish: str) -> str:
         f = self.cfg.filters
-        answer = s["answer"]
-        checks = [
-            ("empty_answer", len(answer) < f.min_answer_chars),
-            ("truncated_answer", f.drop_truncated and s["answer_finish"] == "length"),
-            ("empty_query", len(query) < f.min_query_chars),
-            ("truncated_query", f.drop_truncated and finish == "length"),
-            ("query_names_tool", f.forbid_tool_names and steps.names_tool(query, [x.name for x in s["schemas"]])),
-            ("query_leaks_arguments", f.forbid_argument_leak and steps.leaks_arguments(query, s["memory"])),
-        ]
-        # The turn is already in s["turns"]: the conversation so far, this turn's calls included.
-        missing = ungrounded(steps.build_messages(s["turns"]), [x.openai() for x in s["schemas"]]) \
-            if f.require_grounded_query else []
-        checks.append(("query_ungrounded", bool(missing)))
-        for name, failed in checks:
-            if failed:
-                detail = f" ({', '.join(missing[:3])} not in the conversation)" if name == "query_ungrounded" else ""
-                s["status"], s["reason"] = name, f"turn {len(s['turns'])}: {name}{detail}"
-                return
+        if len(answer) < f.min_answer_chars:
+            return "empty_answer"
+        if f.drop_truncated and finish == "length":
+            return "truncated_answer"
+        if f.require_grounded_answer:
+            if s["cur"]["plan"]["need"]:
+                if not steps.declines(answer) or "<tool_call>" in answer:
+                    return "answer_ungrounded"
+            elif not answer_grounded(answer, self._memory(s)):
+                return "answer_ungrounded"
+        return ""
+
+    def _gold_calls(self, s: dict[str, Any]) -> list[dict[str, Any]]:
+        """The calls the query must determine: the turn's, or a no-tool-fits turn's needed call."""
+        need = s["cur"]["plan"]["need"]
+        if need:
+            return [{"name": need[0], "arguments": need[1] or {}}]
+        return [{"name": m["name"], "arguments": m["arguments"]} for m in self._memory(s)]
+
+    def _queries(self, live: list[dict[str, Any]]) -> None:
+        """The user message, written last. Attempt 1 is free (shown the exact values); later
+        attempts rewrite the template seed; the seed itself is the last resort (templates on).
+        The path that wrote each query is kept in ``provenance.query_paths``."""
+        use_seed = self.cfg.use_templates
+        pending = list(live)
+        for s in pending:
+            calls = self._gold_calls(s)
+            seed = templates.seed_query([(self.tools[c["name"]].schema, self.tools[c["name"]].query_template,
+                                          c["arguments"]) for c in calls])
+            s["cur"]["seed"] = ("Thanks. " + seed) if s["turns"] else seed
+            s["cur"]["query"], s["cur"]["query_problem"] = "", ""
+        for attempt in range(self.cfg.query_attempts):
+            if not pending:
+                break
+            rewrite = use_seed and attempt > 0
+            convs = []
+            for s in pending:
+                previous = s["turns"][-1]["answer"] if s["turns"] else None
+                convs.append(steps.rewrite_messages(s["cur"]["seed"], self._gold_calls(s), s["constraints"]["style"])
+                             if rewrite else
+                             steps.query_messages(s["scenario"], self._gold_calls(s), s["cur"]["answer"], previous))
+            outs = self._chat(convs, [self._params(self.cfg.max_tokens.query, salt=s["id"] + 13 + 1009 * attempt,
+                                                   stop=("\n\n",)) for s in pending])
+            still = []
+            for s, (text, finish, err) in zip(pending, outs):
+                if err:
+                    self._fail(s, "error", f"query: {err}")
+                    continue
+                text = steps.clean_text(text)
+                problem, detail = self._query_problem(s, text, finish)
+                if problem:
+                    s["cur"]["query_problem"], s["cur"]["query_detail"] = problem, detail
+                    s["cur"]["query"] = s["cur"]["query"] or text
+                    still.append(s)
+                else:
+                    self._finish_turn(s, text, "rewrite" if rewrite else "generated")
+            pending = still
+        for s in pending:
+            if use_seed:
+                problem, detail = self._query_problem(s, s["cur"]["seed"], "stop")
+                if not problem:
+                    self._finish_turn(s, s["cur"]["seed"], "template")
+                    continue
+            else:
+                problem, detail = s["cur"]["query_problem"], s["cur"].get("query_detail", "")
+            self._finish_turn(s, s["cur"]["query"], "")
+            self._fail(s, problem, f"turn {s['cur']['index'] + 1}: {problem}{detail}")
+
+    def _finish_turn(self, s: dict[str, Any], query: str, path: str) -> None:
+        cur = s["cur"]
+        s["turns"].append({"index": cur["index"], "query": query, "answer": cur.get("answer", ""),
+                           "steps": [step for step in cur["steps"] if step]})
+        s["paths"].append({"query": path, "answer": cur.get("answer_path", "")})
+        cur["done"] = True
+
+    def _query_problem(self, s: dict[str, Any], query: str, finish: str) -> tuple[str, str]:
+        f = self.cfg.filters
+        memory = self._gold_calls(s)
+        names = [x.name for x in s["schemas"]] + [c["name"] for c in memory]
+        if len(query) < f.min_query_chars:
+            return "empty_query", ""
+        if f.drop_truncated and finish == "length":
+            return "truncated_query", ""
+        if f.require_request and not steps.is_request(query):
+            return "query_not_request", ""
+        if f.forbid_tool_names and steps.names_tool(query, names):
+            return "query_names_tool", ""
+        if f.forbid_argument_leak and steps.leaks_arguments(query, memory):
+            return "query_leaks_arguments", ""
+        if f.require_grounded_query:
+            # The conversation so far, this turn's query and its calls (the needed call for a
+            # no-tool-fits turn: its query must still say what it asks for).
+            done = s["cur"]["steps"] or [[c | {"result": None} for c in memory]]
+            turn = {"index": s["cur"]["index"], "query": query, "answer": "", "steps": done}
+            history = steps.build_messages(s["turns"] + [turn])
+            tools = [x.openai() for x in s["schemas"]] + [self.tools[c["name"]].openai() for c in memory]
+            missing = ungrounded(history, tools)
+            if missing:
+                return "query_ungrounded", f" ({', '.join(missing[:3])} not in the conversation)"
+        return "", ""
 
     def _rows(self, states: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        cols: dict[str, list[Any]] = {k: [] for k in ("id", "status", "reason", "domain", "tools", "messages",
+        cols: dict[str, list[Any]] = {k: [] for k in ("id", "status", "reason", "kind", "domain", "tools", "messages",
                                                        "query", "answer", "scenario", "constraints", "provenance")}
         for s in states:
+            if s["status"] is not None and "cur" in s and not s["cur"].get("done"):
+                # A rejected turn keeps what it got to (calls, results, answer), for the reader of rejected.parquet.
+                for step in s["cur"]["steps"]:
+                    for m in step:
+                        m.setdefault("result", None)
+                self._finish_turn(s, s["cur"].get("query", ""), "")
             cols["id"].append(s["id"])
             cols["status"].append(s["status"] or "kept")
             cols["reason"].append(s["reason"])
+            cols["kind"].append(s["kind"])
             cols["domain"].append(s["domain"])
             cols["tools"].append(json.dumps([x.openai() for x in s["schemas"]], ensure_ascii=False))
             cols["messages"].append(json.dumps(steps.build_messages(s["turns"]), ensure_ascii=False))
             cols["query"].append(s["turns"][0]["query"] if s["turns"] else "")
             cols["answer"].append(s["turns"][-1]["answer"] if s["turns"] else "")
             cols["scenario"].append(s.get("scenario", ""))
-            cols["constraints"].append(json.dumps(s["constraints"] | {"hints": s["hints"]}, ensure_ascii=False))
+            cols["constraints"].append(json.dumps(s["constraints"] | {"plan": s["plan"]}, ensure_ascii=False))
             cols["provenance"].append(json.dumps({
                 "generator": self.cfg.generator.model, "backend": self.cfg.generator.backend, "seed": self.seed,
                 "simulated_tools": sorted(s["simulated"]),
-                "calls": sum(len(t["memory"]) for t in s["turns"])}))
+                "query_paths": [p["query"] for p in s["paths"]], "answer_paths": [p["answer"] for p in s["paths"]],
+                "calls": sum(len(step) for t in s["turns"] for step in t["steps"])}))
         return {k: np.array(v, dtype=object if k != "id" else np.int64) for k, v in cols.items()}
 
 
 def plans(cfg: ConstructConfig, seed: int) -> list[dict[str, Any]]:
+    """One plan row per instance: its kind (in ``cfg.mix``'s shares), offered tools and calls."""
     tools = resolve_catalog(cfg.catalog)
     domains: dict[str, list[str]] = {}
     for t in tools:
         domains.setdefault(t.domain, []).append(t.name)
-    by_name = {t.name: t for t in tools}
+    examples = {t.name: [dict(e) for e in t.examples] for t in tools} if cfg.grounded else {}
+    kinds = steps.kind_quota(cfg.mix.shares(), cfg.num_instances, seed)
+    if "irrelevance" in kinds and len(domains) < 2:
+        raise ValueError(f"construct.mix.irrelevance needs a catalog with at least two domains (tools that do "
+                         f"not fit); {cfg.catalog!r} has {sorted(domains)}. Set mix.irrelevance: 0 or add tools")
     out = []
-    for i in range(cfg.num_instances):
-        p = steps.sample_plan(i, domains, seed, tuple(cfg.tools_per_instance), tuple(cfg.calls_per_turn), cfg.turns)
-        rng = random.Random(f"hints:{seed}:{i}")
-        hints = {n: rng.choice(by_name[n].examples) for n in p.tools if cfg.grounded and by_name[n].examples}
-        out.append({"id": i, "domain": p.domain, "tools": p.tools, "num_calls": p.num_calls,
-                    "constraints": json.dumps(p.constraints), "hints": json.dumps(hints, ensure_ascii=False)})
+    for i, kind in enumerate(kinds):
+        p = steps.sample_plan(i, kind, domains, examples, seed, tuple(cfg.distractors), tuple(cfg.calls_per_turn),
+                              cfg.turns)
+        out.append({"id": i, "domain": p.domain, "kind": p.kind, "tools": p.tools,
+                    "turns": json.dumps(p.turns, ensure_ascii=False), "constraints": json.dumps(p.constraints)})
     return out
 
 
@@ -258,7 +416,7 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
     kept = [r for r in done if r["status"] == "kept"]
     rejected = [r for r in done if r["status"] != "kept"]
     schema = pa.schema([("id", pa.int64())] + [(k, pa.string()) for k in (
-        "status", "reason", "domain", "tools", "messages", "query", "answer", "scenario", "constraints",
+        "status", "reason", "kind", "domain", "tools", "messages", "query", "answer", "scenario", "constraints",
         "provenance")])
     pq.write_table(pa.Table.from_pylist(kept, schema=schema), out / "instances.parquet")
     pq.write_table(pa.Table.from_pylist(rejected, schema=schema), out / "rejected.parquet")
@@ -270,4 +428,13 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
                               "errors": sum(r["status"] == "error" for r in done)}
     counts["filtered"] = {f: sum(r["status"] == f for r in done) for f in steps.FILTERS}
     counts["kept_share"] = round(len(kept) / max(1, len(rows)), 3)
+    counts["kinds"] = {k: {"attempted": sum(r["kind"] == k for r in done),
+                           "kept": sum(r["kind"] == k for r in kept)} for k in KINDS}
+    paths: dict[str, dict[str, int]] = {"query": {}, "answer": {}}
+    for r in kept:
+        prov = json.loads(r["provenance"])
+        for what in paths:
+            for p in prov[f"{what}_paths"]:
+                paths[what][p] = paths[what].get(p, 0) + 1
+    counts["query_paths"], counts["answer_paths"] = paths["query"], paths["answer"]
     return counts

@@ -1,16 +1,23 @@
-"""Reversed construction, the pure parts: prompts, the call grammar, filters, the instance.
+"""Reversed construction, the pure parts: plans, prompts, the call grammar, filters, the instance.
 
 No Ray, no engine: every function takes plain data and is tested without a cluster. The
 stage in :mod:`ttpa_ray.construct.stage` drives these steps over a generator engine.
 
-The reversed order (TTPA): scenario -> tool calls one at a time with a memory of calls and
-results -> final answer -> only then the user query that the answer answers. So every kept
-query is answerable by construction.
+The reversed order (TTPA): scenario -> tool calls step by step with a memory of calls and
+results -> final answer -> only then the user query that the answer answers. The query step
+is shown the exact values it has to state, and the filters check that it does
+(:mod:`ttpa_ray.construct.grounding`); :mod:`ttpa_ray.construct.templates` gives the seeds it
+rewrites.
 
-Grounding (our addition for executable catalogs): each plan draws one known-good example
-call per tool from the catalog (``hints``); the scenario is built around those details and
-the call prompt shows them. A strong generator varies them; a 135M generator mostly copies
-them, which is what makes its calls execute against the bundled data.
+Plans (:func:`sample_plan`) fix the kind of each instance (``construct.mix``), the offered
+tools (the used ones plus distractors, shuffled) and per turn its steps: one assistant message
+each, several calls in one message for the parallel kinds, none for a no-tool-fits turn (its
+``need``: the call a tool that is not offered would make).
+
+Grounding (our addition for executable catalogs): each planned call carries one known-good
+example call of its tool from the catalog (its ``hint``); the scenario is built around those
+details and the call prompt shows them. A strong generator varies them; a 135M generator mostly
+copies them, which is what makes its calls execute against the bundled data.
 """
 
 from __future__ import annotations
@@ -36,28 +43,87 @@ def tool_brief(t: ToolSchema) -> str:
 
 @dataclass
 class Plan:
-    """What the sampler fixes before any generation: the tool subset and the constraints."""
+    """What the sampler fixes before any generation: the kind, the offered tools, and per
+    turn the calls to make (tool name + the known-good example call it is built around)."""
 
     instance_id: int
     domain: str
+    kind: str
     tools: list[str]
-    num_calls: list[int]
-    """Calls per turn."""
+    """Offered tools, shuffled: the used ones and the distractors."""
+    turns: list[dict[str, Any]]
+    """Per turn ``{"steps": [[[tool, hint], ...], ...], "need": [tool, hint] | None}``: each step
+    is one assistant message (several calls: parallel); ``need`` is the call a no-tool-fits
+    turn would need (its tool is not offered)."""
     constraints: dict[str, Any] = field(default_factory=dict)
 
 
-def sample_plan(instance_id: int, domains: dict[str, list[str]], seed: int, tools_range: tuple[int, int],
-                calls_range: tuple[int, int], turns: int) -> Plan:
-    """Deterministic per (seed, instance id): a domain, 1..k of its tools, calls per turn."""
+def kind_quota(mix: dict[str, float], n: int, seed: int) -> list[str]:
+    """Kinds of ``n`` instances in the shares of ``mix`` (largest remainder, so every kind with
+    a share gets its count when n allows), shuffled by ``seed``.
+
+    >>> sorted(kind_quota({"single": 0.5, "parallel": 0.25, "irrelevance": 0.25}, 8, 0))
+    ['irrelevance', 'irrelevance', 'parallel', 'parallel', 'single', 'single', 'single', 'single']
+    """
+    total = sum(mix.values())
+    exact = {k: n * v / total for k, v in mix.items() if v > 0}
+    counts = {k: int(x) for k, x in exact.items()}
+    for k in sorted(exact, key=lambda k: (-(exact[k] - counts[k]), k))[:n - sum(counts.values())]:
+        counts[k] += 1
+    kinds = [k for k in mix if k in counts for _ in range(counts[k])]
+    random.Random(f"kinds:{seed}").shuffle(kinds)
+    return kinds
+
+
+def _hint(rng: random.Random, examples: dict[str, list[dict[str, Any]]], name: str,
+          avoid: list[dict[str, Any]] = ()) -> dict[str, Any] | None:
+    pool = [e for e in examples.get(name, []) if e not in avoid] or examples.get(name, [])
+    return rng.choice(pool) if pool else None
+
+
+def sample_plan(instance_id: int, kind: str, domains: dict[str, list[str]], examples: dict[str, list[dict[str, Any]]],
+                seed: int, distractors: tuple[int, int], calls_range: tuple[int, int], turns: int) -> Plan:
+    """Deterministic per (seed, instance id). ``examples``: known-good argument dicts per tool
+    (empty lists when the catalog has none; the generator then invents the values)."""
     rng = random.Random(f"{seed}:{instance_id}")
-    domain = rng.choice(sorted(domains))
-    pool = domains[domain]
-    k = max(1, min(len(pool), rng.randint(*tools_range)))
-    tools = sorted(rng.sample(pool, k))
-    calls = [rng.randint(*calls_range) for _ in range(turns)]
-    constraints = {"num_calls_per_turn": calls, "turns": turns,
-                   "style": rng.choice(["brief", "detailed", "casual", "formal"])}
-    return Plan(instance_id, domain, tools, calls, constraints)
+    names = sorted({n for pool in domains.values() for n in pool})
+    domain = rng.choice(sorted(d for d in domains if len(domains[d]) >= (2 if kind in ("multiple",
+                                                                                      "parallel_multiple") else 1))
+                        or sorted(domains))
+    pool = sorted(domains[domain])
+    n_calls = rng.randint(*calls_range)
+    if kind == "irrelevance":
+        need = rng.choice(pool)
+        steps: list[list[list[Any]]] = []
+        used: list[str] = []
+        others = [n for n in names if n not in pool]  # other domains only: nothing offered fits
+    else:
+        need = None
+        if kind == "single":
+            used = [rng.choice(pool)]
+            steps = [[[used[0], _hint(rng, examples, used[0])]]]
+        elif kind == "parallel":
+            used = [rng.choice(pool)]
+            hints: list[dict[str, Any]] = []
+            for _ in range(n_calls):
+                hints.append(_hint(rng, examples, used[0], hints))
+            steps = [[[used[0], h] for h in hints]]
+        else:  # multiple, parallel_multiple: different tools of one domain
+            used = rng.sample(pool, max(1, min(len(pool), n_calls)))
+            calls = [[n, _hint(rng, examples, n)] for n in used]
+            steps = [[c] for c in calls] if kind == "multiple" else [calls]
+        others = [n for n in names if n not in used]
+    k = rng.randint(*distractors)
+    if kind == "irrelevance":
+        k = max(1, k)
+    offered = used + rng.sample(others, min(len(others), k))
+    rng.shuffle(offered)
+    plan_turns = [{"steps": steps, "need": [need, _hint(rng, examples, need)] if need else None}]
+    for _ in range(1, turns):  # a follow-up: one call of an offered tool with another example
+        tool = rng.choice(used or offered)
+        plan_turns.append({"steps": [[[tool, _hint(rng, examples, tool)]]], "need": None})
+    constraints = {"kind": kind, "turns": turns, "style": rng.choice(["brief", "detailed", "casual", "formal"])}
+    return Plan(instance_id, domain, kind, offered, plan_turns, constraints)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -71,13 +137,13 @@ _SCENARIO_SHOT = (
 )
 
 
-def hints_text(hints: dict[str, dict[str, Any]]) -> str:
-    return "\n".join(f"- {n}: {json.dumps(a, ensure_ascii=False)}" for n, a in hints.items())
+def hints_text(hints: list[tuple[str, dict[str, Any]]]) -> str:
+    return "\n".join(f"- {n}: {json.dumps(a, ensure_ascii=False)}" for n, a in hints)
 
 
-def scenario_messages(tools: list[ToolSchema], style: str, hints: dict[str, dict[str, Any]] | None = None
+def scenario_messages(tools: list[ToolSchema], style: str, hints: list[tuple[str, dict[str, Any]]] | None = None
                       ) -> list[dict[str, str]]:
-    """The scenario; grounded in ``hints`` (known-good argument values per tool) when given."""
+    """The scenario; grounded in ``hints`` (known-good calls: tool name, arguments) when given."""
     brief = "\n".join(tool_brief(t) for t in tools)
     ask = (f"Tools:\n{brief}\nWrite a scenario (2 sentences, {style} tone) where a user needs these tools. "
            "Use concrete names, places, numbers and dates.")
@@ -96,30 +162,34 @@ def memory_text(memory: list[dict[str, Any]]) -> str:
         return "No calls made yet."
     lines = []
     for i, m in enumerate(memory, 1):
-        result = json.dumps(m["result"], ensure_ascii=False)
+        result = json.dumps(m["result"], ensure_ascii=False) if "result" in m else "(result pending)"
         if len(result) > 600:
             result = result[:600] + " ..."
         lines.append(f"{i}. {m['name']}({json.dumps(m['arguments'], ensure_ascii=False)}) -> {result}")
     return "\n".join(lines)
 
 
-def call_messages(scenario: str, tools: list[ToolSchema], memory: list[dict[str, Any]], step: int,
-                  total: int, hints: dict[str, dict[str, Any]] | None = None) -> list[dict[str, str]]:
-    """The next call, with the memory of earlier calls and results. ``hints`` (the details the
-    scenario was built around) are shown as example calls."""
-    schemas = "\n".join(json.dumps(t.openai()["function"], ensure_ascii=False) for t in tools)
-    shots = ""
-    if hints:
-        shots = "Example calls with details from the scenario:\n" + "\n".join(
-            f'{{"name": "{n}", "arguments": {json.dumps(a, ensure_ascii=False)}}}' for n, a in hints.items()) + "\n\n"
+def call_messages(scenario: str, tool: ToolSchema, memory: list[dict[str, Any]], step: int,
+                  total: int, hint: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """The next call (of the planned ``tool``), with the memory of earlier calls and results.
+    ``hint`` (a known-good call the scenario was built around) is shown as the example."""
+    shot = (f'Example call with details from the scenario:\n{{"name": "{tool.name}", "arguments": '
+            f"{json.dumps(hint, ensure_ascii=False)}}}\n\n") if hint else ""
     return [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": (
-            f"Scenario: {scenario}\n\nAvailable functions:\n{schemas}\n\n{shots}"
-            f"Calls made so far and their results:\n{memory_text(memory)}\n\n"
+            f"Scenario: {scenario}\n\nFunction:\n{json.dumps(tool.openai()['function'], ensure_ascii=False)}\n\n"
+            f"{shot}Calls made so far and their results:\n{memory_text(memory)}\n\n"
             f"Write call {step} of {total} as JSON {{\"name\": ..., \"arguments\": {{...}}}}. Take the values from "
             "the scenario and from earlier results; do not repeat a call already made.")},
     ]
+
+
+SIMULATED_RESULT = {"type": "object", "minProperties": 2, "maxProperties": 6, "additionalProperties": {
+    "anyOf": [{"type": "string", "maxLength": 40}, {"type": "number"}, {"type": "boolean"}]}}
+"""Grammar of a simulated tool result: a flat JSON object of at most 6 short values. Nested or
+unbounded output from a small generator rambles past max_tokens (``"1.1.1.1..."``); this one
+ends, and its values are what an answer states."""
 
 
 def simulate_messages(tool: ToolSchema, arguments: dict[str, Any]) -> list[dict[str, str]]:
@@ -127,7 +197,8 @@ def simulate_messages(tool: ToolSchema, arguments: dict[str, Any]) -> list[dict[
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": (
             f"Act as the API `{tool.name}`: {tool.description}\nIt was called with "
-            f"{json.dumps(arguments, ensure_ascii=False)}.\nReply with a realistic JSON response of this API.")},
+            f"{json.dumps(arguments, ensure_ascii=False)}.\nReply with a realistic JSON response of this API: "
+            "one flat object, 3 to 6 fields with concrete values.")},
     ]
 
 
@@ -137,19 +208,87 @@ def answer_messages(scenario: str, memory: list[dict[str, Any]]) -> list[dict[st
         {"role": "user", "content": (
             f"Scenario: {scenario}\n\nTool calls and results:\n{memory_text(memory)}\n\n"
             "Write the assistant's final answer to the user, using the results above, in at most three sentences. "
-            "Be specific. Do not mention tools or function names.")},
+            "State the concrete values from the results (numbers, names, dates). "
+            "Do not mention tools or function names.")},
     ]
 
 
-def query_messages(scenario: str, memory: list[dict[str, Any]], answer: str) -> list[dict[str, str]]:
-    calls = "\n".join(f"- {m['name']} with {json.dumps(m['arguments'], ensure_ascii=False)}" for m in memory)
+def no_fit_answer_messages(need: ToolSchema, arguments: dict[str, Any]) -> list[dict[str, str]]:
+    """The gold answer of a no-tool-fits turn: decline plainly, without inventing a result."""
     return [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": (
-            f"Scenario: {scenario}\n\nTo help, an assistant made these calls:\n{calls}\n\nand answered:\n{answer}\n\n"
-            "Write the user's message that led to this answer: one or two sentences in the user's voice, "
-            "containing every detail needed for those calls. Do not mention tools, functions or APIs.")},
+            f"A user asks an assistant to {need.description[:1].lower() + need.description[1:]} "
+            f"(details: {json.dumps(arguments, ensure_ascii=False)}). The assistant has no tool for this and "
+            "cannot look it up. Write the assistant's reply in two sentences: say plainly that it cannot do "
+            "this here, and suggest where the user could find it. Do not invent any result.")},
     ]
+
+
+def _values_text(calls: list[dict[str, Any]]) -> str:
+    return "; ".join(", ".join(f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in c["arguments"].items())
+                     for c in calls if c["arguments"]) or "(none)"
+
+
+def query_messages(scenario: str, calls: list[dict[str, Any]], answer: str, previous: str | None = None
+                   ) -> list[dict[str, str]]:
+    """The user message the calls answer, written last (reversed order). It is shown the exact
+    values it has to state; ``previous``: the assistant's earlier answer a follow-up replies to."""
+    listed = "\n".join(f"- {m['name']} with {json.dumps(m['arguments'], ensure_ascii=False)}" for m in calls)
+    follow = (f"This is a follow-up: the assistant had just answered \"{previous}\".\n\n" if previous else "")
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": (
+            f"Scenario: {scenario}\n\n{follow}To help, an assistant made these calls:\n{listed}\n\n"
+            f"and answered:\n{answer}\n\n"
+            "Write the user's message that led to these calls: one or two sentences in the user's voice. "
+            f"It must state these values exactly as written: {_values_text(calls)}. "
+            "Do not mention tools, functions or APIs.")},
+    ]
+
+
+def rewrite_messages(seed: str, calls: list[dict[str, Any]], style: str) -> list[dict[str, str]]:
+    """Rewrite a template seed query in the user's own words, keeping every value."""
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": (
+            f"Rewrite this request as a user would write it ({style} tone, one or two sentences). Keep every "
+            f"value exactly as written: {_values_text(calls)}. Do not add new requests.\n\nRequest: {seed}")},
+    ]
+
+
+_REQUEST_RE = re.compile(r"^(?:(?:hi|hello|hey|thanks|thank you|ok|okay|great)\b[\s,.!]*)*(?:can|could|would|will|"
+                         r"please|what|what's|whats|which|who|where|when|how|is|are|do|does|did|should|find|"
+                         r"show|get|give|tell|list|book|reserve|search|look|check|convert|compute|calculate|"
+                         r"work|make|create|add|set|schedule|help|compare|plan|estimate|translate|i|i'd|i'm|"
+                         r"we|we'd|my|our|let's|need|put|fit|solve|adjust|scale|factor|factorize|evaluate|analyze|analyse|"
+                         r"send|remind|count|predict|suggest|recommend|summarize|summarise|explain|quote|fetch|"
+                         r"pull|run|figure|break|work out|pick|read|open|see|sort|rank|pull up|look up)\b", re.I)
+
+
+def is_request(query: str) -> bool:
+    """Is the text a user's request (a question, or an ask in the first person or imperative),
+    not a statement about the scenario? Small generators often write the latter.
+
+    >>> is_request("Thanks! Now how warm is Oslo?"), is_request("Find flights to Rome."), is_request(
+    ...     "The key facts about Osaka include the city of Osaka.")
+    (True, True, False)
+    """
+    q = query.strip().replace("\u2019", "'")
+    return "?" in q or bool(_REQUEST_RE.match(q))
+
+
+_DECLINE_RE = re.compile(r"\b(?:can(?:'|no)t|can not|cannot|unable|not able|don't have|do not have|no access|"
+                         r"not possible|isn't something|is not something)\b", re.I)
+
+
+def declines(answer: str) -> bool:
+    """Does a no-tool-fits answer decline (rather than invent a result)?
+
+    >>> declines("Sorry, I can't check live flight prices here."), declines("Flights cost $300.")
+    (True, False)
+    """
+    return bool(_DECLINE_RE.search(answer.replace("\u2019", "'")))
 
 
 # --------------------------------------------------------------------------- grammar
@@ -184,8 +323,8 @@ def call_grammar(tools: list[ToolSchema]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- filters
 
-FILTERS = ("invalid_call", "tool_error", "empty_answer", "truncated_answer", "empty_query", "truncated_query",
-           "query_names_tool", "query_leaks_arguments", "query_ungrounded", "duplicate")
+FILTERS = ("invalid_call", "tool_error", "empty_answer", "truncated_answer", "answer_ungrounded", "empty_query",
+           "truncated_query", "query_not_request", "query_names_tool", "query_leaks_arguments", "query_ungrounded", "duplicate")
 
 
 def names_tool(query: str, tool_names: list[str]) -> bool:
@@ -226,16 +365,20 @@ def normalize_query(q: str) -> str:
 
 
 def build_messages(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI chat messages of a finished instance: per turn the user query, one assistant
-    message per call with its tool result, then the final answer."""
+    """OpenAI chat messages of a finished instance: per turn the user query, then per step one
+    assistant message with its calls (several: parallel) and a tool message per call, then the
+    final answer. A turn without steps (no tool fits) is the query and a text answer."""
     msgs: list[dict[str, Any]] = []
     for turn in turns:
         msgs.append({"role": "user", "content": turn["query"]})
-        for i, m in enumerate(turn["memory"]):
-            call_id = f"call_{turn['index']}_{i}"
+        n = 0
+        for step in turn["steps"]:
+            ids = [f"call_{turn['index']}_{n + i}" for i in range(len(step))]
+            n += len(step)
             msgs.append({"role": "assistant", "content": "", "tool_calls": [
-                {"id": call_id, "type": "function", "function": {"name": m["name"], "arguments": m["arguments"]}}]})
-            msgs.append({"role": "tool", "tool_call_id": call_id, "name": m["name"],
-                         "content": json.dumps(m["result"], ensure_ascii=False)})
+                {"id": i, "type": "function", "function": {"name": m["name"], "arguments": m["arguments"]}}
+                for i, m in zip(ids, step)]})
+            msgs.extend({"role": "tool", "tool_call_id": i, "name": m["name"],
+                         "content": json.dumps(m["result"], ensure_ascii=False)} for i, m in zip(ids, step))
         msgs.append({"role": "assistant", "content": turn["answer"]})
     return msgs

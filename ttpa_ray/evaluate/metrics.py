@@ -71,7 +71,9 @@ def bfcl_row(entry: dict[str, Any], category: str) -> dict[str, Any]:
 
 
 def held_out_rows(instances: Iterable[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
-    """One eval row per assistant turn with gold calls of each held-out instance."""
+    """One eval row per gold turn (:func:`~ttpa_ray.instances.turn_rows`) of each held-out instance: a
+    call turn, or a no-call turn with gold ``[]`` (a call there is ``unexpected_call``; no call,
+    a right tool selection)."""
     held = [i for i in instances if is_held_out(int(i["id"]), fraction, seed)]
     return [{"category": "held_out", "id": f"{t['instance_id']}:{t['turn_index']}", "instance_id": t["instance_id"],
              "turn_index": t["turn_index"], "messages_json": t["prompt_json"], "tools_json": t["tools_json"],

@@ -3,18 +3,22 @@
     paths = write_report(Path("runs/demo-cpu"))                        # -> runs/demo-cpu/report/
     paths = write_report(Path("runs/tps"), variants={"n-sample": Path("runs/nsample")})
 
-Reads only files earlier stages wrote (``<stage>/manifest.json``, ``train/metrics.jsonl``,
-``sample/pairs.parquet``, ``evaluate/{base,trained}/metrics.json``, ``job.json``): no Ray, no
-engine. Three steps, each a plain function: :func:`read_run` (a run folder -> :class:`RunData`),
-:func:`build_report` (runs -> sections of tables, figures and notes), and the writers in
+Reads only files earlier stages wrote (``<stage>/manifest.json``, ``construct/instances.parquet``,
+``train/metrics.jsonl``, ``sample/pairs.parquet``, ``evaluate/{base,trained}/metrics.json``,
+``job.json``): no Ray, no engine. Three steps, each a plain function: :func:`read_run` (a run
+folder -> :class:`RunData`), :func:`build_report` (runs -> sections of tables, figures, notes
+and data cards), and the writers in
 :mod:`ttpa_ray.report.render` (with the plots): ``render_html`` embeds every PNG as a ``data:``
 URI, no external CSS, JS or fonts; ``render_markdown`` links the PNG files written next to it.
 
 Contents: headline metrics and per-category accuracy, mean ESM, tool selection and parameter
-accuracy, base vs trained with deltas; pass rate; error codes before vs after; loss and reward
+accuracy, base vs trained with deltas; pass rate; error codes before vs after; the constructed
+data (instances attempted and kept per kind, the path that wrote each kept turn's query and
+answer, and a data card: the first kept instance of each kind); loss and reward
 margin per step; ESM histograms of the chosen and rejected side of every pair; stage timings
 and row accounting from the manifests. A stage that did not run (disabled, interrupted, or
-never started) becomes a "not run" note, never an error.
+never started) becomes a "not run" note, never an error; so do counts an older run did not
+record (construct before per-kind counts: "not recorded").
 
 Variants put other trained models beside this run's: their ``evaluate/trained`` metrics,
 training curves, pairs and stage timings, each under its label; the base model is this run's.
@@ -33,9 +37,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ttpa_ray.config import KINDS
 from ttpa_ray.report import render as plots
 from ttpa_ray.manifest import STAGE_NAMES, read_manifest
-from ttpa_ray.report.render import Figure, Note, Report, Section, Table, render_html, render_markdown
+from ttpa_ray.report.render import (Block, Call, DataCard, Example, Figure, Note, Report, Section, Table, Turn,
+                                    render_html, render_markdown)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,12 @@ _FLOW: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...],
                  ("generation_errors", "score_errors"), ()),
 }
 _NOT_COUNTS = {"stage", "status", "fingerprint", "seconds", "model", "run"}
+# The construct paths that write a turn's user query and its final answer (manifest
+# ``query_paths`` / ``answer_paths``): a path missing from a manifest wrote no turn.
+_PATHS = {"query": ("generated", "rewrite", "template"), "answer": ("generated", "template")}
+_PATH_LABELS = {"rewrite": "rewrite (of a template seed)", "template": "template (the seed itself)"}
+# Data card text limits (characters): long queries and answers are cut, saying by how much.
+_QUERY_CHARS, _ANSWER_CHARS, _ARGUMENTS_CHARS = 600, 400, 300
 
 
 # --------------------------------------------------------------------------- reading
@@ -81,6 +93,9 @@ class RunData:
     train_steps: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # chosen_score, rejected_score, chosen_is_gold, mode
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # "base"/"trained" -> metrics.json
+    # The kept instance with the lowest id of each kind (rows of instances.parquet, in KINDS
+    # order); None: instances.parquet has no ``kind`` column (an older run) or is missing.
+    examples: list[dict[str, Any]] | None = None
     shared: set[str] = field(default_factory=set)  # stages linked from the parent run (a variant's construct)
 
     @property
@@ -123,6 +138,9 @@ def read_run(run_dir: Path, label: str = MAIN) -> RunData:
     run = RunData(label=label, run_dir=run_dir, job=json.loads(job_file.read_text()) if job_file.is_file() else {},
                   manifests={s: read_manifest(run_dir / s) for s in REPORT_STAGES},
                   shared={s for s in REPORT_STAGES if (run_dir / s).is_symlink()})
+    instances = run_dir / "construct" / "instances.parquet"
+    if run.complete("construct") and instances.is_file():
+        run.examples = _first_of_each_kind(instances)
     steps = run_dir / "train" / "metrics.jsonl"
     if run.complete("train") and steps.is_file():
         run.train_steps = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()]
@@ -138,6 +156,24 @@ def read_run(run_dir: Path, label: str = MAIN) -> RunData:
             if f.is_file():
                 run.evaluations[model] = json.loads(f.read_text())
     return run
+
+
+def _first_of_each_kind(path: Path) -> list[dict[str, Any]] | None:
+    """The row with the lowest id of each kind, in KINDS order; None without a ``kind`` column."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    if "kind" not in names:
+        return None
+    first: dict[str, int] = {}
+    for r in pq.read_table(path, columns=["id", "kind"]).to_pylist():
+        first[r["kind"]] = min(r["id"], first.get(r["kind"], r["id"]))
+    if not first:
+        return []
+    columns = [c for c in ("id", "kind", "domain", "tools", "messages") if c in names]
+    rows = pq.read_table(path, columns=columns, filters=[("id", "in", list(first.values()))]).to_pylist()
+    order = {k: i for i, k in enumerate(KINDS)}
+    return sorted(rows, key=lambda r: (order.get(r["kind"], len(order)), r["kind"], r["id"]))
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -308,6 +344,84 @@ def _pairs(runs: list[RunData]) -> Section:
     return Section("Preference pairs", blocks)
 
 
+def _share(n: int, total: int) -> str:
+    return _fmt(n / total) if total else "–"
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters (at a space when one is near), saying how many
+    characters were cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    if (space := cut.rfind(" ")) > limit * 0.8:
+        cut = cut[:space]
+    return f"{cut.rstrip()} … [{len(text) - len(cut)} more characters]"
+
+
+def _example(row: dict[str, Any]) -> Example:
+    """A data card entry from an instances.parquet row (OpenAI chat messages and tool schemas)."""
+    turns: list[Turn] = []
+    for m in json.loads(row["messages"]):
+        if m["role"] == "user":
+            turns.append(Turn(_clip(m.get("content") or "", _QUERY_CHARS), [], ""))
+        elif m["role"] == "assistant" and m.get("tool_calls"):
+            turns[-1].steps.append([Call(c["function"]["name"], _clip(
+                a if isinstance(a := c["function"]["arguments"], str) else json.dumps(a, ensure_ascii=False),
+                _ARGUMENTS_CHARS)) for c in m["tool_calls"]])
+        elif m["role"] == "assistant":
+            turns[-1].answer = _clip(m.get("content") or "", _ANSWER_CHARS)
+    used = {c.name for t in turns for step in t.steps for c in step}
+    tools = [t["function"]["name"] for t in json.loads(row["tools"])]
+    return Example(str(row["kind"]), int(row["id"]), str(row.get("domain") or ""),
+                   [(n, n in used) for n in tools], turns)
+
+
+def _data(run: RunData) -> Section:
+    """What construct made: instances per kind, who wrote each kept turn, one example per kind."""
+    title = "Data: constructed instances"
+    m = run.manifests.get("construct")
+    if not m or not run.complete("construct"):
+        return Section(title, [Note(run.not_run("construct") or "construct: not run")])
+    older = "an older run: construct recorded no"
+    blocks: list[Block] = []
+    kinds = m.get("kinds")
+    if isinstance(kinds, dict):
+        order = {k: i for i, k in enumerate(KINDS)}
+        rows = [[k, _fmt(v["attempted"]), _fmt(v["kept"]), _share(v["kept"], v["attempted"])]
+                for k, v in sorted(kinds.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))]
+        tried, kept = (sum(int(v[key]) for v in kinds.values()) for key in ("attempted", "kept"))
+        rows.append(["total", _fmt(tried), _fmt(kept), _share(kept, tried)])
+        blocks.append(Table("Instances per kind", ["kind", "attempted", "kept", "kept share"], rows))
+    else:
+        blocks.append(Note(f"construct: instances per kind not recorded ({older} kinds)"))
+    counts = {w: m.get(f"{w}_paths") for w in _PATHS}
+    if all(isinstance(c, dict) for c in counts.values()):
+        totals = {w: sum(int(n) for n in c.values()) for w, c in counts.items()}
+        rows = []
+        for p in dict.fromkeys([*_PATHS["query"], *_PATHS["answer"], *counts["query"], *counts["answer"]]):
+            row = [_PATH_LABELS.get(p, p)]
+            for w, c in counts.items():
+                row += ([_fmt(c.get(p, 0)), _share(int(c.get(p, 0)), totals[w])]
+                        if p in c or p in _PATHS[w] else ["–", "–"])
+            rows.append(row)
+        rows.append(["turns", _fmt(totals["query"]), "", _fmt(totals["answer"]), ""])
+        blocks.append(Table("Kept turns by the path that wrote them",
+                            ["path", "user queries", "query share", "final answers", "answer share"], rows))
+    else:
+        blocks.append(Note(f"construct: query and answer paths not recorded ({older} query_paths/answer_paths)"))
+    if not (run.run_dir / "construct" / "instances.parquet").is_file():
+        blocks.append(Note(f"construct: no data card (no instances.parquet in {run.run_dir / 'construct'})"))
+    elif run.examples is None:
+        blocks.append(Note(f"construct: data card not recorded ({older} kind column in instances.parquet)"))
+    elif not run.examples:
+        blocks.append(Note("construct: no kept instances, so no data card"))
+    else:
+        blocks.append(DataCard("Data card: the first kept instance (lowest id) of each kind; ✓ marks the tools "
+                               "its gold calls use", [_example(r) for r in run.examples]))
+    return Section(title, blocks)
+
+
 def _counts(m: dict[str, Any], keys: tuple[tuple[str, str], ...]) -> str:
     return ", ".join(f"{_fmt(m[k])} {unit}" for k, unit in keys if k in m) or "–"
 
@@ -382,7 +496,7 @@ def build_report(main: RunData, variants: list[RunData] | None = None) -> Report
     facts += [(f"variant {v.label}", str(v.run_dir)) for v in variants]
     trained = [r for r in runs if not (r is main and main.variants)]  # a parent trains in its variants
     return Report(f"TTPA report: {main.name}", facts,
-                  [_evaluation(main, variants), _training(trained), _pairs(trained), _stages(runs)])
+                  [_evaluation(main, variants), _data(main), _training(trained), _pairs(trained), _stages(runs)])
 
 
 def write_report(run_dir: Path, variants: dict[str, Path] | None = None, out: Path | None = None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Rendering of the run report (:mod:`ttpa_ray.report.build` builds its content): the report model
-(tables, figures, notes in sections), PNG plots, and the HTML and Markdown writers.
+(tables, figures, notes and data cards in sections), PNG plots, and the HTML and Markdown writers.
 
 Plot functions take plain data and return PNG bytes. Figures are built on
 :class:`matplotlib.figure.Figure` with the Agg canvas, never through ``pyplot``: no global
@@ -53,9 +53,45 @@ class Note:
 
 
 @dataclass
+class Call:
+    name: str
+    arguments: str  # JSON text, possibly clipped
+
+
+@dataclass
+class Turn:
+    """One user turn of an example: the query, per assistant message its calls (a parallel
+    step's calls share one message; none: a text-only turn), and the final answer."""
+
+    query: str
+    steps: list[list[Call]]
+    answer: str
+
+
+@dataclass
+class Example:
+    """One constructed instance as the data card shows it."""
+
+    kind: str
+    instance_id: int
+    domain: str
+    tools: list[tuple[str, bool]]  # offered tool name, used by a gold call
+    turns: list[Turn]
+
+
+@dataclass
+class DataCard:
+    title: str
+    examples: list[Example]
+
+
+Block = Table | Figure | Note | DataCard
+
+
+@dataclass
 class Section:
     title: str
-    blocks: list[Table | Figure | Note]
+    blocks: list[Block]
 
 
 @dataclass
@@ -74,6 +110,9 @@ class Report:
 
     def notes(self) -> list[str]:
         return [b.text for s in self.sections for b in s.blocks if isinstance(b, Note)]
+
+    def examples(self) -> list[Example]:
+        return [e for s in self.sections for b in s.blocks if isinstance(b, DataCard) for e in b.examples]
 
 
 # --------------------------------------------------------------------------- plots
@@ -233,6 +272,15 @@ figure{margin:8px 0 24px}figure img{max-width:100%;height:auto;border:1px solid 
 figcaption{font-size:12px;color:#555;margin-top:4px}
 p.note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;margin:6px 0 12px;flex-basis:100%}
 div.flow{display:flex;flex-wrap:wrap;gap:0 32px;align-items:flex-start}
+div.card{flex-basis:100%;display:flex;flex-wrap:wrap;gap:12px 16px;align-items:flex-start;margin:0 0 20px}
+div.card h3{flex-basis:100%;font-size:13px;margin:0;color:#333}
+div.example{flex:0 1 540px;min-width:0;border:1px solid #dde1e7;border-radius:4px;padding:8px 12px}
+div.example h4{font-size:14px;margin:0 0 6px}div.example h4 span{font-weight:400;color:#666;font-size:12px}
+dl.card{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:4px 12px;margin:0;font-size:13px}
+dl.card dt{font-weight:600;color:#444}dl.card dd{margin:0;white-space:pre-wrap;overflow-wrap:anywhere}
+dl.card code{font:12px/1.4 "DejaVu Sans Mono",Menlo,Consolas,monospace;background:#f3f5f8;padding:1px 4px;
+ border-radius:3px}
+dl.card code.used{background:#e3f3e6;color:#11772d;font-weight:600}dl.card div.call{margin:0 0 3px}
 """
 _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
 
@@ -268,6 +316,41 @@ def _html_table(t: Table) -> str:
             f"<tbody>{''.join(body)}</tbody></table>")
 
 
+def _turn_rows(e: Example) -> list[tuple[str, str | list[Call]]]:
+    """(label, text or calls) per line of an example after its tools, for both writers."""
+    rows: list[tuple[str, str | list[Call]]] = []
+    for t, turn in enumerate(e.turns, 1):
+        turn_of = f"turn {t}: " if len(e.turns) > 1 else ""
+        rows.append((f"{turn_of}user", turn.query))
+        if not turn.steps:
+            rows.append((f"{turn_of}calls", "none (answered in text)"))
+        for s, step in enumerate(turn.steps, 1):
+            rows.append((f"{turn_of}calls" + (f" {s}/{len(turn.steps)}" if len(turn.steps) > 1 else ""), step))
+        rows.append((f"{turn_of}answer", turn.answer))
+    return rows
+
+
+def _example_title(e: Example) -> str:
+    return f"instance {e.instance_id}" + (f" · domain {e.domain}" if e.domain else "")
+
+
+def _html_card(card: DataCard) -> str:
+    out = [f'<div class="card"><h3>{_esc(card.title)}</h3>']
+    for e in card.examples:
+        tools = " ".join(f'<code class="used">✓ {_esc(n)}</code>' if used else f"<code>{_esc(n)}</code>"
+                         for n, used in e.tools)
+        lines = [f"<dt>tools</dt><dd>{tools or '–'}</dd>"]
+        for label, value in _turn_rows(e):
+            cell = ((_esc(value) or "–") if isinstance(value, str) else
+                    "".join(f'<div class="call"><code><b>{_esc(c.name)}</b> {_esc(c.arguments)}</code></div>'
+                            for c in value))
+            lines.append(f"<dt>{_esc(label)}</dt><dd>{cell}</dd>")
+        out.append(f'<div class="example"><h4>{_esc(e.kind)} <span>{_esc(_example_title(e))}</span></h4>'
+                   f'<dl class="card">{"".join(lines)}</dl></div>')
+    out.append("</div>")
+    return "".join(out)
+
+
 def render_html(report: Report) -> str:
     """One self-contained page: inline CSS, PNGs as data: URIs, no script, no external reference."""
     out = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(report.title)}</title>'
@@ -279,6 +362,8 @@ def render_html(report: Report) -> str:
         for b in s.blocks:
             if isinstance(b, Table):
                 out.append(_html_table(b))
+            elif isinstance(b, DataCard):
+                out.append(_html_card(b))
             elif isinstance(b, Figure):
                 w, h = _png_size(b.png)
                 data = base64.b64encode(b.png).decode("ascii")
@@ -302,6 +387,25 @@ def _md_table(t: Table) -> str:
     return "\n".join(lines)
 
 
+def _md_code(text: str) -> str:
+    """A code span that holds any backticks in ``text``."""
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _md_card(card: DataCard) -> list[str]:
+    out = ["", f"### {card.title}"]
+    for e in card.examples:
+        tools = ", ".join(_md_code(n) + (" ✓" if used else "") for n, used in e.tools) or "–"
+        out += ["", f"**{e.kind}** ({_example_title(e)})", "", f"- **tools** (✓ used): {tools}"]
+        for label, value in _turn_rows(e):
+            cell = ((value.replace("<", "&lt;").replace("\n", "<br>") or "–") if isinstance(value, str) else
+                    "; ".join(_md_code(f"{c.name} {c.arguments}") for c in value))
+            out.append(f"- **{label}**: {cell}")
+    return out
+
+
 def render_markdown(report: Report) -> str:
     """The same report in Markdown; figures link ``<name>.png`` next to the file."""
     out = [f"# {report.title}", "", *[f"- **{k}**: {v}" for k, v in report.facts]]
@@ -310,6 +414,8 @@ def render_markdown(report: Report) -> str:
         for b in s.blocks:
             if isinstance(b, Table):
                 out += ["", _md_table(b)]
+            elif isinstance(b, DataCard):
+                out += _md_card(b)
             elif isinstance(b, Figure):
                 out += ["", f"![{b.caption}]({b.name}.png)", "", f"*{b.caption}*"]
             else:

@@ -9,15 +9,29 @@ No Ray, no engine. :mod:`ttpa_ray.sample.stage` runs them on the target model.
 2. ``branch_points(...)``: token positions inside those spans where the target model puts at
    least ``min_prob`` on a token other than the gold one (read from teacher-forced top-k
    prompt log-probs), most probable alternatives first, at most ``max_branches`` per call.
-3. ``make_pairs(...)``: per turn, chosen = the best candidate, or the gold when the best
-   scores below ``threshold``; rejected = every candidate scoring strictly lower. Candidates
-   tied with the chosen one are dropped; a turn with no rejected candidate gives no pair.
+3. ``call_or_not_branch(...)``: one more branch per gold turn, at its first token, whatever
+   its probability (kind ``call-or-not``): call or answer is the first decision of a turn.
+4. ``make_pairs(...)``: per turn, chosen = the best candidate, or the gold when the best
+   scores below ``threshold`` or (``chosen_must_be_valid``) has an ESM error; rejected = every
+   candidate scoring strictly lower. Candidates tied with the chosen one are dropped; a turn
+   with no rejected candidate gives no pair. In a no-call turn the gold text is always chosen.
+
+Departures from the paper and the authors' released code:
+
+- ``chosen_must_be_valid`` (``score.chosen_must_be_valid``, on by default): the released rule
+  lets a candidate with score >= threshold replace the gold even with an error, e.g. a call
+  with one wrong value (0.818 >= 0.8, ``value_error``) becomes the *chosen* side;
+- the call-or-not branch at position 0 (ours): a call turn's branch that answers in text is a
+  ``missing_call`` rejected side, a no-call turn's branch that calls is ``unexpected_call``;
+- no-call (irrelevance) turns (ours): ESM scores every text answer 1.0 whatever it says, so a
+  sampled text is never chosen over the gold text; only candidates that call are rejected.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +123,11 @@ def token_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int, str,
     return out
 
 
+CALL_OR_NOT = "call-or-not"
+"""The kind of the branch at a turn's first token (beside ``name``, ``key``, ``value``)."""
+CALL_TAG = "<tool_call>"
+
+
 @dataclass(frozen=True)
 class Branch:
     position: int
@@ -116,7 +135,9 @@ class Branch:
     token_id: int
     prob: float
     kind: str
+    """``name``, ``key``, ``value`` (a decision inside a call) or ``call-or-not`` (position 0)."""
     call: int
+    """Index of the call in the turn; -1 for ``call-or-not``."""
 
 
 def branch_points(completion_ids: list[int], completion_logprobs: list[dict[int, float] | None],
@@ -137,6 +158,40 @@ def branch_points(completion_ids: list[int], completion_logprobs: list[dict[int,
     return sorted(out, key=lambda b: (b.position, -b.prob))
 
 
+def opens_call(token_text: str) -> bool:
+    """Does a turn whose first token is this text start a tool call (a ``<tool_call>`` block,
+    the format of the project's chat template)?
+
+    >>> opens_call("<"), opens_call(" <tool"), opens_call("<tool_call>"), opens_call("I"), opens_call(" ")
+    (True, True, True, False, False)
+    """
+    s = token_text.lstrip()
+    return bool(s) and (CALL_TAG.startswith(s) or s.startswith(CALL_TAG))
+
+
+def call_or_not_branch(gold_id: int, top: dict[int, float] | None, opens: Callable[[int], bool]
+                       ) -> Branch | None:
+    """The one branch at a turn's first token, whatever ``min_prob``: the most probable
+    alternative that flips the decision (``opens(token)`` differs from the gold's: answer
+    instead of call, or call instead of answer) when ``top`` holds one, else the most probable
+    alternative. One per turn: the branch is completed like any other, and one wrong decision
+    per turn is what the pair teaches. None when ``top`` has no alternative.
+
+    >>> top = {5: math.log(0.9), 6: math.log(0.06), 7: math.log(0.01)}
+    >>> b = call_or_not_branch(5, top, opens=lambda t: t == 7)      # gold 5 answers; 7 would call
+    >>> (b.position, b.token_id, round(b.prob, 2), b.kind)
+    (0, 7, 0.01, 'call-or-not')
+    >>> call_or_not_branch(5, top, opens=lambda t: False).token_id
+    6
+    """
+    alts = [(int(tok), math.exp(lp)) for tok, lp in (top or {}).items() if tok != gold_id]
+    if not alts:
+        return None
+    gold_opens = opens(gold_id)
+    tok, p = max(alts, key=lambda a: (opens(a[0]) != gold_opens, a[1]))
+    return Branch(0, tok, p, CALL_OR_NOT, -1)
+
+
 def first_difference(a: list[int], b: list[int]) -> int:
     """Index of the first token where ``a`` and ``b`` differ (the shorter length if one is a prefix)."""
     for i, (x, y) in enumerate(zip(a, b)):
@@ -145,18 +200,22 @@ def first_difference(a: list[int], b: list[int]) -> int:
     return min(len(a), len(b))
 
 
-def make_pairs(candidates: list[dict[str, Any]], gold: dict[str, Any], threshold: float
+def make_pairs(candidates: list[dict[str, Any]], gold: dict[str, Any], threshold: float, *,
+               chosen_must_be_valid: bool, no_call: bool = False
                ) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], str]:
     """Pairs of (chosen, rejected) for one turn, and why there are none when so.
 
-    ``candidates`` and ``gold`` are dicts with at least ``token_ids`` and ``esm_score``.
-    Candidates whose token ids equal the gold's are not rejected candidates.
+    ``candidates`` and ``gold`` are dicts with at least ``token_ids``, ``esm_score`` and
+    ``valid`` (no ESM error). Candidates whose token ids equal the gold's are not rejected
+    candidates. ``no_call``: the gold is a text answer, always the chosen side.
     """
     pool = [c for c in candidates if c["esm_score"] is not None and c["token_ids"] != gold["token_ids"]]
     if not pool:
         return [], "no_candidate"
     best = max(pool, key=lambda c: c["esm_score"])
-    chosen = gold if best["esm_score"] < threshold else best
+    takes_over = (not no_call and best["esm_score"] >= threshold
+                  and (bool(best["valid"]) or not chosen_must_be_valid))
+    chosen = best if takes_over else gold
     rejected = [c for c in pool if c is not chosen and c["esm_score"] < chosen["esm_score"]]
     if not rejected:
         return [], "no_rejected"

@@ -60,7 +60,8 @@ def _build() -> list[Tool]:
             schema = load_tool(spec["schema"], len(tools))
             resolve_impl(spec["impl"])
             tools.append(Tool(schema=schema, domain=spec["domain"], impl=spec["impl"],
-                              examples=tuple(dict(e) for e in spec["examples"])))
+                              examples=tuple(dict(e) for e in spec["examples"]),
+                              query_template=spec.get("query")))
     names = [t.name for t in tools]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

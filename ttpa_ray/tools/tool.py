@@ -16,6 +16,11 @@ class Tool:
     """``"module:function"`` of a deterministic implementation, or None (simulated)."""
     examples: tuple[dict[str, Any], ...] = field(default=())
     """Argument dicts known to execute successfully (few-shot examples and tests)."""
+    query_template: str | None = None
+    """A short user request for one call, in the user's voice: ``{param}`` is replaced by the
+    argument's value and a ``[...]`` segment is kept only when the call has every argument it
+    names (:func:`ttpa_ray.construct.templates.fill`). None: a generic request is built from the
+    description (:func:`ttpa_ray.construct.templates.generic_query`)."""
 
     @property
     def name(self) -> str:

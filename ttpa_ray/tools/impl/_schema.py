@@ -49,14 +49,16 @@ def obj(properties: dict[str, Schema], description: str, required: list[str] | N
 
 
 def spec(domain: str, func: str, description: str, properties: dict[str, Schema], required: list[str],
-         examples: list[dict[str, Any]], name: str | None = None) -> dict[str, Any]:
+         examples: list[dict[str, Any]], name: str | None = None, query: str | None = None) -> dict[str, Any]:
     """One catalog entry. ``func`` is ``"module:function"`` relative to ``ttpa_ray.tools.impl``;
-    the tool name defaults to the function name."""
+    the tool name defaults to the function name. ``query`` is the tool's query template (syntax
+    in :mod:`ttpa_ray.construct.templates`): a user request that determines a call's arguments."""
     module, _, function = func.partition(":")
     return {
         "domain": domain,
         "impl": f"ttpa_ray.tools.impl.{module}:{function}",
         "examples": examples,
+        "query": query,
         "schema": {"type": "function", "function": {
             "name": name or function, "description": description,
             "parameters": {"type": "object", "properties": properties, "required": required}}},

@@ -229,7 +229,9 @@ SPECS = [
           "include_attendees": boolean("Include attendee names and emails.", True)},
          ["start_date"],
          [{"start_date": "2025-06-02", "end_date": "2025-06-06"}, {"start_date": "2025-06-10", "calendar": "personal",
-                                                                   "include_attendees": False}]),
+                                                                   "include_attendees": False}],
+         query="What's on my calendar starting {start_date}[ through {end_date}][ in the {calendar} calendar]"
+               "[ (attendees shown: {include_attendees})]?"),
     spec("calendar", "calendar:find_free_slots",
          "Find free time slots on a day when the user and the given attendees are all available.",
          {"date": string("Day YYYY-MM-DD."),
@@ -241,7 +243,9 @@ SPECS = [
          ["date"],
          [{"date": "2025-06-03", "duration_minutes": 60, "attendees": ["priya.nair@example.com"]},
           {"date": "2025-06-04", "attendees": ["tom.becker@example.com", "sam.ito@example.com"],
-           "working_hours": {"start": "08:00", "end": "18:00"}}]),
+           "working_hours": {"start": "08:00", "end": "18:00"}}],
+         query="When am I free on {date}[ for at least {duration_minutes} minutes][ together with {attendees}]"
+               "[ between {working_hours.start} and {working_hours.end}]?"),
     spec("calendar", "calendar:create_event",
          "Create a calendar event; returns the event id and any conflicts with existing commitments.",
          {"title": string("Event title."), "date": string("Day YYYY-MM-DD (2025-06-02 to 2026-12-31)."),
@@ -256,7 +260,10 @@ SPECS = [
          [{"title": "Project kickoff", "date": "2025-06-03", "start_time": "10:00", "duration_minutes": 45,
            "attendees": ["priya.nair@example.com"], "reminder": {"minutes_before": 15}},
           {"title": "Gym", "date": "2025-06-07", "start_time": "08:00", "calendar": "personal",
-           "location": "City Gym", "reminder": {"minutes_before": 30, "method": "email"}}]),
+           "location": "City Gym", "reminder": {"minutes_before": 30, "method": "email"}}],
+         query="Put '{title}' on my calendar on {date} at {start_time}[ for {duration_minutes} minutes]"
+               "[ in the {calendar} calendar][ with {attendees}][ at {location}]"
+               "[, reminding me {reminder.minutes_before} minutes before][ by {reminder.method}]."),
     spec("calendar", "calendar:add_days_to_date",
          "Add (or subtract) a number of calendar days or business days to a date.",
          {"date": string("Start date YYYY-MM-DD."), "days": integer("Days to add; negative to go back."),
@@ -264,7 +271,9 @@ SPECS = [
           "holiday_country": _COUNTRY},
          ["date", "days"],
          [{"date": "2025-06-02", "days": 30}, {"date": "2025-12-19", "days": 5, "business_days_only": True,
-                                               "holiday_country": "GB"}]),
+                                               "holiday_country": "GB"}],
+         query="What date is {days} days after {date}[ (business days only: {business_days_only})]"
+               "[, skipping {holiday_country} holidays]?"),
     spec("calendar", "calendar:days_between_dates",
          "Count the days, weeks and business days between two dates.",
          {"start_date": string("Start date YYYY-MM-DD."), "end_date": string("End date YYYY-MM-DD (not before start)."),
@@ -272,7 +281,9 @@ SPECS = [
          ["start_date", "end_date"],
          [{"start_date": "2025-06-02", "end_date": "2025-12-25"},
           {"start_date": "2025-04-01", "end_date": "2025-04-30", "include_end_date": True,
-           "holiday_country": "Germany"}]),
+           "holiday_country": "Germany"}],
+         query="How many days are there from {start_date} to {end_date}"
+               "[ (counting the end date: {include_end_date})][, skipping {holiday_country} holidays]?"),
     spec("calendar", "calendar:get_public_holidays",
          "List the national public holidays of a country in a year (optionally one month).",
          {"country": string("Country name or ISO code, e.g. 'France' or 'US'."),
@@ -280,5 +291,6 @@ SPECS = [
           "month": integer("Only this month (1-12).", minimum=1, maximum=12)},
          ["country", "year"],
          [{"country": "France", "year": 2025}, {"country": "US", "year": 2026, "month": 11},
-          {"country": "JP", "year": 2025}]),
+          {"country": "JP", "year": 2025}],
+         query="What are the public holidays in {country} in {year}[, month {month}]?"),
 ]

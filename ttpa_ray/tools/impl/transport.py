@@ -233,7 +233,11 @@ SPECS = [
          [{"origin": "London", "destination": "Lisbon", "date": "2025-06-10"},
           {"origin": "Sydney", "destination": "London", "date": "2025-07-02", "cabin": "business", "passengers": 2},
           {"origin": "CDG", "destination": "AMS", "date": "2025-09-15", "max_stops": 0,
-           "departure_window": {"earliest": "15:00", "latest": "22:00"}, "sort_by": "departure", "currency": "EUR"}]),
+           "departure_window": {"earliest": "15:00", "latest": "22:00"}, "sort_by": "departure", "currency": "EUR"}],
+         query="Find flights from {origin} to {destination} on {date}[ for {passengers} passengers]"
+               "[ in {cabin} class][ with at most {max_stops} stops]"
+               "[ leaving between {departure_window.earliest} and {departure_window.latest}]"
+               "[, sorted by {sort_by}][, prices in {currency}]."),
     spec("travel", "transport:book_flight",
          "Book a flight itinerary by its flight_id from search_flights for one or more passengers; returns "
          "a booking reference, seat assignments and the total price.",
@@ -255,7 +259,10 @@ SPECS = [
           {"flight_id": "AU837-20250912", "cabin": "business", "seat_preference": "window", "checked_bags": 1,
            "passengers": [{"first_name": "Ana", "last_name": "Silva", "date_of_birth": "1990-04-02"},
                           {"first_name": "Rui", "last_name": "Silva"}],
-           "contact": {"email": "ana.silva@example.com", "phone": "+351 912 345 678"}}]),
+           "contact": {"email": "ana.silva@example.com", "phone": "+351 912 345 678"}}],
+         query="Please reserve itinerary {flight_id} for {passengers}, e-ticket to {contact.email}"
+               "[ (phone {contact.phone})][, {cabin} class][, seat preference {seat_preference}]"
+               "[, {checked_bags} checked bags each]."),
     spec("travel", "transport:search_trains",
          "Search direct trains between two cities on a date (Europe, Japan, China); returns train ids, "
          "local times, durations and fares.",
@@ -267,5 +274,7 @@ SPECS = [
          ["origin", "destination", "date"],
          [{"origin": "London", "destination": "Paris", "date": "2025-06-20"},
           {"origin": "Tokyo", "destination": "Osaka", "date": "2025-10-03", "travel_class": "first", "passengers": 2,
-           "earliest_departure": "10:00", "currency": "JPY"}]),
+           "earliest_departure": "10:00", "currency": "JPY"}],
+         query="Are there trains from {origin} to {destination} on {date}[ in {travel_class} class]"
+               "[ for {passengers} passengers][ leaving after {earliest_departure}][, fares in {currency}]?"),
 ]

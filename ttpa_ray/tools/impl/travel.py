@@ -199,19 +199,22 @@ SPECS = [
          "Get facts about a city: country, ISO country code, local currency code, time zone, coordinates, "
          "population, main airport code and how many hotels are listed.",
          {"city": _CITY, "include_nearby": boolean("Also list other known cities within 1500 km.", False)}, ["city"],
-         [{"city": "Lisbon"}, {"city": "Osaka", "include_nearby": True}, {"city": "NYC"}]),
+         [{"city": "Lisbon"}, {"city": "Osaka", "include_nearby": True}, {"city": "NYC"}],
+         query="Tell me the key facts about {city}[ (nearby cities too: {include_nearby})]."),
     spec("travel", "travel:get_country_info",
          "Get facts about a country: capital, currency (code, name, symbol), languages, calling code, "
          "driving side and the catalog's cities in it.",
          {"country": string("Country name or ISO 3166 alpha-2 code, e.g. 'Japan' or 'JP'.")}, ["country"],
-         [{"country": "Japan"}, {"country": "CH"}, {"country": "United Kingdom"}]),
+         [{"country": "Japan"}, {"country": "CH"}, {"country": "United Kingdom"}],
+         query="What should I know about {country}: its capital, currency and languages?"),
     spec("travel", "travel:get_travel_distance",
          "Get the great-circle distance between two cities, an estimated flight time and the time "
          "difference in hours.",
          {"origin": string("Departure city, e.g. 'London'."), "destination": string("Arrival city, e.g. 'Dubai'."),
           "unit": enum(["km", "mi"], "Distance unit.", "km")}, ["origin", "destination"],
          [{"origin": "London", "destination": "Dubai"},
-          {"origin": "Chicago", "destination": "Mexico City", "unit": "mi"}]),
+          {"origin": "Chicago", "destination": "Mexico City", "unit": "mi"}],
+         query="How far is it from {origin} to {destination}[ in {unit}], and how long is the flight?"),
     spec("travel", "travel:estimate_trip_budget",
          "Estimate the cost of a trip to a city (lodging, food, local transport, activities, and round-trip "
          "flights when an origin is given) for a number of nights and travelers.",
@@ -221,7 +224,9 @@ SPECS = [
           "currency": _CUR, "origin": string("Home city; adds round-trip economy flights when given.")},
          ["city", "nights"],
          [{"city": "Prague", "nights": 3}, {"city": "Tokyo", "nights": 7, "travelers": 2, "style": "luxury",
-                                            "currency": "EUR", "origin": "Paris"}]),
+                                            "currency": "EUR", "origin": "Paris"}],
+         query="How much would {nights} nights in {city} cost[ for {travelers} travelers][ ({style} style)]"
+               "[ flying from {origin}][, in {currency}]?"),
     spec("travel", "travel:search_hotels",
          "Search hotels in a city for given dates; returns hotel ids (for book_hotel), stars, rating, "
          "amenities and prices for the stay.",
@@ -234,7 +239,10 @@ SPECS = [
          ["city", "check_in", "check_out"],
          [{"city": "Lisbon", "check_in": "2025-06-10", "check_out": "2025-06-13"},
           {"city": "Tokyo", "check_in": "2025-09-01", "check_out": "2025-09-05", "guests": 3, "min_stars": 3,
-           "amenities": ["wifi"], "sort_by": "rating", "currency": "JPY"}]),
+           "amenities": ["wifi"], "sort_by": "rating", "currency": "JPY"}],
+         query="Find me hotels in {city} from {check_in} to {check_out}[ for {guests} guests]"
+               "[ with at least {min_stars} stars][ under {max_price_per_night} a night][ with {amenities}]"
+               "[, sorted by {sort_by}][, prices in {currency}]."),
     spec("travel", "travel:book_hotel",
          "Book a hotel room using a hotel_id from search_hotels; returns a confirmation code and the total price.",
          {"hotel_id": string("Hotel id from search_hotels, e.g. 'HTL-LIS-1'."),
@@ -250,5 +258,8 @@ SPECS = [
            "guest": {"full_name": "Alex Morgan", "email": "alex.morgan@example.com"}},
           {"hotel_id": "HTL-HND-3", "check_in": "2025-09-01", "check_out": "2025-09-05", "room_type": "deluxe",
            "guests": 3, "guest": {"full_name": "Kenji Sato", "email": "kenji@example.com", "phone": "+81 90 1234 5678"},
-           "special_requests": "quiet room"}]),
+           "special_requests": "quiet room"}],
+         query="Please reserve a room at {hotel_id} from {check_in} to {check_out} for {guest.full_name} ({guest.email}"
+               "[, phone {guest.phone}])[, a {room_type} room][ for {guests} guests]"
+               "[, special requests: {special_requests}]."),
 ]

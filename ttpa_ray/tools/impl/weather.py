@@ -191,7 +191,8 @@ SPECS = [
     spec("weather", "weather:get_current_weather",
          "Get the current weather (temperature, condition, humidity, wind, UV index) for a city.",
          {"city": _CITY, "units": _UNITS}, ["city"],
-         [{"city": "Lisbon"}, {"city": "Tokyo", "units": "imperial"}, {"city": "JFK"}]),
+         [{"city": "Lisbon"}, {"city": "Tokyo", "units": "imperial"}, {"city": "JFK"}],
+         query="What's the weather like in {city} right now[, in {units} units]?"),
     spec("weather", "weather:get_weather_forecast",
          "Get a daily weather forecast for a city: high/low temperature, condition, precipitation, "
          "chance of rain, wind and UV index, optionally with 3-hourly temperatures.",
@@ -201,7 +202,9 @@ SPECS = [
           "include_hourly": boolean("Include 3-hourly temperatures for each day.", False)},
          ["city"],
          [{"city": "Paris", "days": 5}, {"city": "Sydney", "days": 2, "start_date": "2025-12-24", "units": "imperial",
-                                         "include_hourly": True}, {"city": "Singapore"}]),
+                                         "include_hourly": True}, {"city": "Singapore"}],
+         query="What will the weather be like in {city}[ over the next {days} days][ starting {start_date}]"
+               "[ in {units} units][ (3-hourly temperatures: {include_hourly})]?"),
     spec("weather", "weather:get_climate_normals",
          "Get long-term average monthly climate for a city (average high/low, precipitation, rainy days, "
          "humidity) - useful for deciding when to travel.",
@@ -210,7 +213,9 @@ SPECS = [
           "units": _UNITS},
          ["city"],
          [{"city": "Cape Town", "months": [1, 7]}, {"city": "Mumbai"},
-          {"city": "Toronto", "months": [12], "units": "imperial"}]),
+          {"city": "Toronto", "months": [12], "units": "imperial"}],
+         query="What is the climate usually like in {city}[ for month numbers {months}]"
+               "[, in {units} units]?"),
     spec("weather", "weather:compare_city_weather",
          "Compare the weather of several cities on one day and rank them by a metric (highest first).",
          {"cities": array(string("City name."), "Cities to compare (2-8).", minItems=2, maxItems=8),
@@ -219,12 +224,14 @@ SPECS = [
           "date": string("Day to compare. " + _DATE_NOTE), "units": _UNITS},
          ["cities"],
          [{"cities": ["Madrid", "Berlin", "Rome"]}, {"cities": ["Bangkok", "Dubai"], "metric": "humidity",
-                                                     "date": "2025-08-15"}]),
+                                                     "date": "2025-08-15"}],
+         query="Compare the weather in {cities}[ on {date}] and rank them[ by {metric}][, in {units} units]."),
     spec("weather", "weather:get_air_quality",
          "Get the air quality index (US AQI), its health category and pollutant concentrations for a city.",
          {"city": _CITY, "date": string("Day of the reading. " + _DATE_NOTE),
           "include_pollutants": boolean("Include PM2.5, PM10, NO2 and O3 concentrations.", True)},
          ["city"],
          [{"city": "Delhi"}, {"city": "Stockholm", "include_pollutants": False},
-          {"city": "Seoul", "date": "2025-03-10"}]),
+          {"city": "Seoul", "date": "2025-03-10"}],
+         query="How is the air quality in {city}[ on {date}][ (pollutant levels: {include_pollutants})]?"),
 ]
