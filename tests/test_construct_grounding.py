@@ -62,7 +62,7 @@ def _batch_and_state(cfg, origin: str, need: bool = False):
 
     batch = ConstructBatch.__new__(ConstructBatch)   # the filters only, no engine
     batch.cfg = cfg
-    tool = Tool(schema=load_tool(TOOLS[0], 0), domain="travel")
+    tool = Tool(schema=load_tool(TOOLS[0], 0), domain="travel", query_template="Any flights out of {origin}?")
     batch.tools = {tool.name: tool}
     call = {"name": "search_flights", "arguments": {"origin": origin}}
     plan = {"steps": [] if need else [[["search_flights", None]]], "need": ["search_flights", call["arguments"]]
@@ -85,11 +85,24 @@ def test_the_construct_filter_names_ungrounded_queries():
     assert batch._query_problem(s, "Any flights out of Tokyo today? Use search_flights", "stop")[0] == \
         "query_names_tool"
     off, s = _batch_and_state(ConstructConfig(filters={"require_grounded_query": False}), "Tokyo")
-    assert off._query_problem(s, "How many bats can Mike hold?", "stop") == ("", "")
+    assert off._query_problem(s, "How many flights can Mike book?", "stop") == ("", "")
     # A no-tool-fits turn: its query must still state what it asks for (the needed call's values).
     batch, s = _batch_and_state(ConstructConfig(), "Tokyo", need=True)
     assert batch._query_problem(s, "Find me something nice.", "stop")[0] == "query_ungrounded"
     assert batch._query_problem(s, "Any flights out of Tokyo today?", "stop") == ("", "")
+
+
+def test_generated_texts_that_talk_about_the_task_or_ask_for_something_else_are_dropped():
+    from ttpa_ray.config import ConstructConfig
+
+    batch, s = _batch_and_state(ConstructConfig(), "Tokyo")
+    assert batch._query_problem(s, "Rewrite this request: any flights out of Tokyo?", "stop")[0] == "talks_about_task"
+    assert batch._query_problem(s, "Is the sushi in Tokyo good?", "stop")[0] == "query_off_topic"  # values, not the ask
+    assert batch._query_problem(s, "Are there any flights leaving Tokyo tonight?", "stop") == ("", "")
+    assert batch._answer_problem(s, "The user's goal was to fly; the flights list is empty.", "stop") == \
+        "talks_about_task"
+    off, s = _batch_and_state(ConstructConfig(filters={"forbid_task_talk": False}), "Tokyo")
+    assert off._query_problem(s, "Is the sushi in Tokyo good?", "stop") == ("", "")
 
 
 def test_the_answer_filter_wants_a_result_value_or_a_decline():
@@ -112,3 +125,16 @@ def test_a_list_of_enum_choices_may_be_paraphrased():
             _call("convert", {"value": 21.5, "to": ["F", "K"]})]
     assert ungrounded(msgs, tools) == []
     assert ungrounded(msgs[:1] + [_call("convert", {"value": 22, "to": ["F"]})], tools) == ["convert.value=22"]
+
+
+def test_a_call_that_repeats_an_earlier_one_is_an_invalid_call():
+    """Two identical parallel calls, or a follow-up asking for the same call again: nothing new
+    for the query to determine."""
+    from ttpa_ray.config import ConstructConfig
+
+    batch, s = _batch_and_state(ConstructConfig(), "Tokyo")
+    s["cur"]["steps"].append([])
+    batch._take_call(s, json.dumps({"name": "search_flights", "arguments": {"origin": "Osaka"}}), "")
+    assert s["status"] is None and s["cur"]["steps"][-1] == [{"name": "search_flights", "arguments": {"origin": "Osaka"}}]
+    batch._take_call(s, json.dumps({"name": "search_flights", "arguments": {"origin": "Tokyo"}}), "")
+    assert s["status"] == "invalid_call" and "repeats an earlier call" in s["reason"]

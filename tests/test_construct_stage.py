@@ -6,6 +6,8 @@ SmolLM2 as the generator."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -43,33 +45,40 @@ def test_a_user_catalog_without_implementations_gives_well_posed_instances(ray_l
         (catalog / domain).mkdir(parents=True)
         (catalog / domain / "tools.json").write_text(json.dumps(tools))
     cfg = ConstructConfig(
-        catalog=str(catalog), num_instances=5, mix=dict.fromkeys(KINDS, 1), distractors=[1, 1], calls_per_turn=[2, 2],
+        catalog=str(catalog), num_instances=5, mix=dict.fromkeys(KINDS, 1), distractors=[1, 1], calls_per_turn=[2, 2], turns=2,
         query_attempts=2, answer_attempts=1, max_tokens={"scenario": 64, "call": 96, "simulate": 160, "answer": 96,
                                                          "query": 64},
         generator={"backend": "vllm", "model": "smollm2-135m-instruct", "dtype": "float32", "max_model_len": 4096,
                    "pool": {"num_cpus": 1, "threads": 2, "batch_size": 5}})
     counts = run_construct(cfg, tmp_path / "construct", seed=0)
+    if os.environ.get("TTPA_KEEP_TEST_OUTPUT"):  # to read the instances as a user would
+        shutil.copytree(tmp_path / "construct", os.environ["TTPA_KEEP_TEST_OUTPUT"], dirs_exist_ok=True)
 
     assert counts["attempted"] == 5 == counts["kept"] + counts["errors"] + sum(counts["filtered"].values())
     assert {k: v["attempted"] for k, v in counts["kinds"].items()} == dict.fromkeys(KINDS, 1)
     kept = pq.read_table(tmp_path / "construct/instances.parquet").to_pylist()
     rejected = pq.read_table(tmp_path / "construct/rejected.parquet").to_pylist()
-    assert len(kept) >= 3, [(r["kind"], r["reason"][:300], r["messages"][:1500]) for r in rejected]
+    assert len(kept) >= 3, "; ".join(f"{r['kind']}: {r['reason'][:200]}" for r in rejected)
     names = {t["name"] for t in DINING + PETS}
     for r in kept:
         msgs, tools = json.loads(r["messages"]), json.loads(r["tools"])
         assert {t["function"]["name"] for t in tools} <= names
-        assert ungrounded(msgs, tools) == [], r  # every gold value is in the query
-        calls = [c["function"] for m in msgs for c in m.get("tool_calls", [])]
+        assert ungrounded(msgs, tools) == [], r  # every gold value is in the user text before its call
+        users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+        assert len(users) == 2, msgs  # a follow-up turn, after the first answer
         prov = json.loads(r["provenance"])
-        if r["kind"] == "irrelevance":
-            assert not calls and len(msgs) == 2  # query, then a text answer
-            offered_domains = {("dining" if n in {t["name"] for t in DINING} else "pets")
-                               for n in (t["function"]["name"] for t in tools)}
-            assert offered_domains == {"pets" if r["domain"] == "dining" else "dining"}  # nothing offered fits
-            continue
-        assert calls and set(prov["simulated_tools"]) == {c["name"] for c in calls}  # no implementation: simulated
-        memory = [{"name": m["name"], "arguments": c["arguments"], "result": json.loads(m["content"])}
-                  for c, m in zip(calls, (m for m in msgs if m["role"] == "tool"))]
-        assert answer_grounded(msgs[-1]["content"], memory), msgs[-1]
-        assert prov["query_paths"] and prov["query_paths"][0] in ("generated", "rewrite", "template")
+        assert len(prov["query_paths"]) == 2 and set(prov["query_paths"]) <= {"generated", "rewrite", "template"}
+        for start, end in ((users[0], users[1]), (users[1], len(msgs))):
+            turn = msgs[start:end]
+            calls = [c["function"] for m in turn for c in m.get("tool_calls", [])]
+            assert turn[-1]["role"] == "assistant" and "tool_calls" not in turn[-1]  # ends with a text answer
+            if r["kind"] == "irrelevance" and start == users[0]:
+                assert not calls and len(turn) == 2  # query, then a text answer
+                offered = {"dining" if t["function"]["name"] in {d["name"] for d in DINING} else "pets"
+                           for t in tools}
+                assert offered == {"pets" if r["domain"] == "dining" else "dining"}  # nothing offered fits
+                continue
+            assert calls and {c["name"] for c in calls} <= set(prov["simulated_tools"])  # no implementation
+            results = [json.loads(m["content"]) for m in turn if m["role"] == "tool"]
+            memory = [{"name": c["name"], "arguments": c["arguments"], "result": res} for c, res in zip(calls, results)]
+            assert answer_grounded(turn[-1]["content"], memory), turn[-1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ttpa_ray.construct.grounding import answer_grounded, ungrounded
-from ttpa_ray.construct.steps import is_request
+from ttpa_ray.construct.steps import declines, is_request
 from ttpa_ray.construct.templates import (fallback_answer, fill, generic_query, no_tool_answer, placeholders,
                                           seed_query)
 from ttpa_ray.toolcall import ToolSchema
@@ -189,6 +189,9 @@ def test_answer_grounded(answer, grounded):
 
 def test_no_tool_answer_declines_without_naming_a_tool():
     text = no_tool_answer("Book a table at a restaurant. Returns a code.")
-    assert text.startswith("I'm sorry, I can't book a table at a restaurant with the tools I have here.")
+    assert text.startswith("I'm sorry, I can't do that here: none of the tools I have covers it (book a table at a "
+                           "restaurant).")
     assert "Returns" not in text and len(text) < 200
-    assert "can't do that" in no_tool_answer("")
+    assert "can't do that" in no_tool_answer("") and "()" not in no_tool_answer("")
+    noun = no_tool_answer("Size, lifespan and temperament of a dog breed.")
+    assert "(size, lifespan and temperament of a dog breed)" in noun and declines(noun)

@@ -209,6 +209,11 @@ class ConstructFilters(Section):
     require_request: bool = Field(
         True, description="Drop queries that are not a request (a question, or an ask in the first person or "
         "imperative) but a statement, as small generators write. Counted as query_not_request.")
+    forbid_task_talk: bool = Field(
+        True, description="Drop generated queries and answers that talk about the writing task (\"Rewrite this "
+        "request\", \"The user wants\", \"Here's a possible response\") and queries that state the values but "
+        "ask for something else (no content word of the call's seed request). Counted as talks_about_task and "
+        "query_off_topic.")
     require_grounded_answer: bool = Field(
         True, description="Drop turns whose final answer states no value of the turn's tool results (echoes of "
         "the query do not count), and no-tool-fits answers that do not decline. Counted as answer_ungrounded.")

@@ -170,3 +170,33 @@ def collect(rows: Iterable[dict[str, Any]], label: str, total: int | None) -> li
         bar.update(len(out))
     bar.close()
     return out
+
+
+def summary(counts: dict[str, Any]) -> str:
+    """A stage's counts on one line: scalars as ``key=value``, a dict as ``key: {...}`` without its
+    zero entries (``{"attempted": a, "kept": k}`` as ``k/a``); the manifest has everything.
+
+    >>> summary({"attempted": 20, "kept": 19, "filtered": {"tool_error": 1, "duplicate": 0},
+    ...          "kinds": {"single": {"attempted": 6, "kept": 6}, "parallel": {"attempted": 0, "kept": 0}}})
+    'attempted=20 kept=19 filtered: {tool_error=1} kinds: {single=6/6}'
+    """
+    def one(v: Any) -> str | None:
+        if isinstance(v, dict):
+            if set(v) == {"attempted", "kept"}:
+                return f"{v['kept']}/{v['attempted']}" if v["attempted"] else None
+            parts = [f"{k}={s}" for k, x in v.items() if (s := one(x)) is not None]
+            return "{" + ", ".join(parts) + "}" if parts else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0:
+            return None
+        if isinstance(v, (list, tuple)) and not v:
+            return None
+        return str(v)
+
+    out = []
+    for k, v in counts.items():
+        if isinstance(v, dict):
+            if (s := one(v)) is not None:
+                out.append(f"{k}: {s}")
+        else:
+            out.append(f"{k}={v}")
+    return " ".join(out)

@@ -23,6 +23,7 @@ from typing import Any
 from ttpa_ray.config import JobConfig
 from ttpa_ray.job import variant_job
 from ttpa_ray.manifest import MANIFEST, STAGE_NAMES, fingerprint, read_manifest
+from ttpa_ray.console import summary
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def _run_stages(job: JobConfig, names: list[str], from_stage: str | None,
                     "seconds": round(time.time() - t0, 2), **counts}
         (stage_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
         results[name] = manifest
-        log.info("stage %s: done in %.1f s: %s", name, manifest["seconds"], counts)
+        log.info("stage %s: done in %.1f s: %s", name, manifest["seconds"], summary(counts))
     return results
 
 

@@ -165,6 +165,11 @@ class ConstructBatch:
         except (ValueError, KeyError, TypeError, StopIteration, jsonschema.ValidationError) as exc:
             self._fail(s, "invalid_call", f"{type(exc).__name__}: {str(exc)[:200]} in {text[:200]!r}")
             return
+        made = [m for t in s["turns"] for step in t["steps"] for m in step] + self._memory(s)
+        if any(m["name"] == call["name"] and m["arguments"] == call["arguments"] for m in made):
+            # A parallel call twice, or a follow-up asking again: nothing new to determine.
+            self._fail(s, "invalid_call", f"repeats an earlier call: {text[:200]!r}")
+            return
         s["cur"]["steps"][-1].append({"name": call["name"], "arguments": call["arguments"]})
 
     def _execute(self, calls: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
@@ -240,6 +245,8 @@ class ConstructBatch:
             return "empty_answer"
         if f.drop_truncated and finish == "length":
             return "truncated_answer"
+        if f.forbid_task_talk and steps.talks_about_the_task(answer):
+            return "talks_about_task"
         if f.require_grounded_answer:
             if s["cur"]["plan"]["need"]:
                 if not steps.declines(answer) or "<tool_call>" in answer:
@@ -335,6 +342,13 @@ class ConstructBatch:
             missing = ungrounded(history, tools)
             if missing:
                 return "query_ungrounded", f" ({', '.join(missing[:3])} not in the conversation)"
+        if f.forbid_task_talk:
+            if steps.talks_about_the_task(query):
+                return "talks_about_task", ""
+            seeds = [templates.seed_query([(self.tools[c["name"]].schema, self.tools[c["name"]].query_template,
+                                            c["arguments"])]) for c in memory]
+            if not steps.on_topic(query, seeds, memory):
+                return "query_off_topic", ""
         return "", ""
 
     def _rows(self, states: list[dict[str, Any]]) -> dict[str, np.ndarray]:

@@ -121,7 +121,8 @@ def sample_plan(instance_id: int, kind: str, domains: dict[str, list[str]], exam
     plan_turns = [{"steps": steps, "need": [need, _hint(rng, examples, need)] if need else None}]
     for _ in range(1, turns):  # a follow-up: one call of an offered tool with another example
         tool = rng.choice(used or offered)
-        plan_turns.append({"steps": [[[tool, _hint(rng, examples, tool)]]], "need": None})
+        earlier = [c[1] for t in plan_turns for step in t["steps"] for c in step if c[0] == tool]
+        plan_turns.append({"steps": [[[tool, _hint(rng, examples, tool, earlier)]]], "need": None})
     constraints = {"kind": kind, "turns": turns, "style": rng.choice(["brief", "detailed", "casual", "formal"])}
     return Plan(instance_id, domain, kind, offered, plan_turns, constraints)
 
@@ -192,13 +193,24 @@ unbounded output from a small generator rambles past max_tokens (``"1.1.1.1..."`
 ends, and its values are what an answer states."""
 
 
+_SIMULATE_SHOT = (
+    "Act as the API `get_weather`: Current weather for a city.\nIt was called with {\"city\": \"Oslo\"}.\n"
+    "Reply with the JSON this API returns.",
+    '{"temperature_c": -3, "condition": "light snow", "humidity_pct": 81, "wind_kph": 14}',
+)
+
+
 def simulate_messages(tool: ToolSchema, arguments: dict[str, Any]) -> list[dict[str, str]]:
+    """A simulated result, for tools without an implementation: a flat object of new facts (a
+    result that only echoes the arguments gives the answer nothing to state)."""
     return [
         {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": _SIMULATE_SHOT[0]},
+        {"role": "assistant", "content": _SIMULATE_SHOT[1]},
         {"role": "user", "content": (
             f"Act as the API `{tool.name}`: {tool.description}\nIt was called with "
-            f"{json.dumps(arguments, ensure_ascii=False)}.\nReply with a realistic JSON response of this API: "
-            "one flat object, 3 to 6 fields with concrete values.")},
+            f"{json.dumps(arguments, ensure_ascii=False)}.\nReply with the JSON this API returns: one flat object, "
+            "3 to 6 fields of new information with concrete values, not the arguments it was given.")},
     ]
 
 
@@ -278,6 +290,58 @@ def is_request(query: str) -> bool:
     return "?" in q or bool(_REQUEST_RE.match(q))
 
 
+_META_RE = re.compile(r"\b(?:rewrite|rewritten|the user(?:'s)?|the assistant(?:'s)?|possible response|final answer|"
+                      r"scenario|user's message|this request|the request|in two sentences|tool calls?|json)\b|<<|"
+                      r"\bhere(?:'s| is) (?:a|an|the) (?:possible |sample |example )?(?:response|reply|answer|message)",
+                      re.I)
+
+
+def talks_about_the_task(text: str) -> bool:
+    """Does a generated query or answer talk about the writing task instead of doing it ("Rewrite
+    this request: ...", "The user's goal was ...", "Here's a possible response")? Small
+    generators do; such a text is retried.
+
+    >>> talks_about_the_task("Here's a possible response: I can't do that."), talks_about_the_task(
+    ...     "The user wants the weather."), talks_about_the_task("It is 18 degrees in Oslo.")
+    (True, True, False)
+    """
+    return bool(_META_RE.search(text.replace("\u2019", "'")))
+
+
+_STOP = frozenset("""about above after again also and any are at be been before being below between both but by can
+could did does doing down during each few for from further had has have having here how into its itself just
+like more most much near next not now of off once only other our out over own same should some such than that
+their them then there these they this those through too under until very was were what when where which while
+who whom why will with would you your yours please tell show give find want need know right there""".split())
+
+
+def _words(text: str) -> set[str]:
+    return {w[:-1] if w.endswith("s") and len(w) > 4 else w for w in re.findall(r"[a-z]{4,}", text.casefold())
+            if w not in _STOP}
+
+
+def on_topic(query: str, seeds: list[str], calls: list[dict[str, Any]]) -> bool:
+    """Does the query ask for what each call does? Per call, at least two content words of its
+    seed request (one when the seed has only one), not counting the call's values, are in the
+    query. Catches a query that states the values but asks for something else ("I'm ready to
+    help you with your hotel in Lisbon" for a forecast in Lisbon).
+
+    >>> seeds = ["What will the weather be like in Lisbon over the next 3 days?"]
+    >>> calls = [{"name": "get_weather_forecast", "arguments": {"city": "Lisbon", "days": 3}}]
+    >>> on_topic("Lisbon forecast please: what's the weather for 3 days?", seeds, calls)
+    True
+    >>> on_topic("I'm ready to help you with your 3-day hotel stay in Lisbon.", seeds, calls)
+    False
+    """
+    have = _words(query)
+    for seed, call in zip(seeds, calls):
+        values = _words(json.dumps(call.get("arguments") or {}, ensure_ascii=False))
+        anchors = _words(seed) - values
+        if anchors and len(anchors & have) < min(2, len(anchors)):
+            return False
+    return True
+
+
 _DECLINE_RE = re.compile(r"\b(?:can(?:'|no)t|can not|cannot|unable|not able|don't have|do not have|no access|"
                          r"not possible|isn't something|is not something)\b", re.I)
 
@@ -323,8 +387,9 @@ def call_grammar(tools: list[ToolSchema]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- filters
 
-FILTERS = ("invalid_call", "tool_error", "empty_answer", "truncated_answer", "answer_ungrounded", "empty_query",
-           "truncated_query", "query_not_request", "query_names_tool", "query_leaks_arguments", "query_ungrounded", "duplicate")
+FILTERS = ("invalid_call", "tool_error", "empty_answer", "truncated_answer", "answer_ungrounded", "talks_about_task",
+           "empty_query",
+           "truncated_query", "query_not_request", "query_off_topic", "query_names_tool", "query_leaks_arguments", "query_ungrounded", "duplicate")
 
 
 def names_tool(query: str, tool_names: list[str]) -> bool:

@@ -252,12 +252,15 @@ def fallback_answer(memory: list[dict[str, Any]]) -> str:
 
 
 def no_tool_answer(request_description: str) -> str:
-    """The answer to a request that none of the offered tools can do: a polite decline.
+    """The answer to a request that none of the offered tools can do: a polite decline. The
+    description goes in parentheses, so a noun phrase ("Opening hours of a clinic") reads as
+    well as a command ("Book a table").
 
     >>> no_tool_answer("Book a table at a restaurant.")
-    "I'm sorry, I can't book a table at a restaurant with the tools I have here. If you can do that \
-elsewhere, I'm happy to help with anything else."
+    "I'm sorry, I can't do that here: none of the tools I have covers it (book a table at a restaurant). \
+If you can do that elsewhere, I'm happy to help with anything else."
     """
-    task = _task(request_description) or "do that"
-    return (f"I'm sorry, I can't {task} with the tools I have here. If you can do that elsewhere, "
-            "I'm happy to help with anything else.")
+    task = _task(request_description)
+    covers = f" ({task})" if task else ""
+    return (f"I'm sorry, I can't do that here: none of the tools I have covers it{covers}. If you can do that "
+            "elsewhere, I'm happy to help with anything else.")
