@@ -136,5 +136,12 @@ def test_a_call_that_repeats_an_earlier_one_is_an_invalid_call():
     s["cur"]["steps"].append([])
     batch._take_call(s, json.dumps({"name": "search_flights", "arguments": {"origin": "Osaka"}}), "")
     assert s["status"] is None and s["cur"]["steps"][-1] == [{"name": "search_flights", "arguments": {"origin": "Osaka"}}]
-    batch._take_call(s, json.dumps({"name": "search_flights", "arguments": {"origin": "Tokyo"}}), "")
+    hint = {"name": "search_flights", "arguments": {"origin": "Nagoya"}}
+    batch._take_call(s, json.dumps({"name": "search_flights", "arguments": {"origin": "Tokyo"}}), "", hint)
+    assert s["status"] is None and s["cur"]["steps"][-1][-1] == hint and s["calls_from_hint"] == 1  # the hint instead
+    batch._take_call(s, '{"name": "search_flights", "arguments": {"origin": "Os', "", hint)  # cut, hint used already
+    assert s["status"] == "invalid_call" and "JSONDecodeError" in s["reason"]
+    off, s = _batch_and_state(ConstructConfig(templates=False), "Tokyo")
+    s["cur"]["steps"].append([])
+    off._take_call(s, json.dumps({"name": "search_flights", "arguments": {"origin": "Tokyo"}}), "", hint)
     assert s["status"] == "invalid_call" and "repeats an earlier call" in s["reason"]

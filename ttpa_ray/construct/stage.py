@@ -148,27 +148,36 @@ class ConstructBatch:
                 params.append(self._params(self.cfg.max_tokens.call, steps.call_grammar([schema]),
                                            salt=s["id"] * 31 + k * 7 + j))
             for s, (text, finish, err) in zip(active, self._chat(convs, params)):
-                self._take_call(s, text, err)
+                name, hint = s["cur"]["plan"]["steps"][k][j]
+                self._take_call(s, text, err, {"name": name, "arguments": hint} if hint else None)
         self._execute([(s, m) for s in states if s["status"] is None for m in s["cur"]["steps"][k]])
 
-    def _take_call(self, s: dict[str, Any], text: str, err: str) -> None:
+    def _take_call(self, s: dict[str, Any], text: str, err: str, hint: dict[str, Any] | None = None) -> None:
+        """Validate a generated call and add it to the turn. An invalid one (cut by max_tokens,
+        off the schema, or repeating an earlier call) is replaced by the planned known-good
+        ``hint`` when templates are on (counted in ``provenance.calls_from_hint``), else the
+        instance is dropped as ``invalid_call``."""
         import jsonschema
 
         if err:
             self._fail(s, "error", f"call: {err}")
             return
+        made = [m for t in s["turns"] for step in t["steps"] for m in step] + self._memory(s)
         try:
             call = json.loads(text)
             schema = self._schema(s, call["name"])
             jsonschema.validate(call["arguments"], {"type": "object", "properties": schema.properties,
                                                     "required": list(schema.required)})
+            if any(m["name"] == call["name"] and m["arguments"] == call["arguments"] for m in made):
+                # A parallel call twice, or a follow-up asking again: nothing new to determine.
+                raise ValueError("repeats an earlier call")
         except (ValueError, KeyError, TypeError, StopIteration, jsonschema.ValidationError) as exc:
+            if self.cfg.use_templates and hint and not any(m["name"] == hint["name"] and m["arguments"] ==
+                                                           hint["arguments"] for m in made):
+                s["cur"]["steps"][-1].append({"name": hint["name"], "arguments": dict(hint["arguments"])})
+                s["calls_from_hint"] = s.get("calls_from_hint", 0) + 1
+                return
             self._fail(s, "invalid_call", f"{type(exc).__name__}: {str(exc)[:200]} in {text[:200]!r}")
-            return
-        made = [m for t in s["turns"] for step in t["steps"] for m in step] + self._memory(s)
-        if any(m["name"] == call["name"] and m["arguments"] == call["arguments"] for m in made):
-            # A parallel call twice, or a follow-up asking again: nothing new to determine.
-            self._fail(s, "invalid_call", f"repeats an earlier call: {text[:200]!r}")
             return
         s["cur"]["steps"][-1].append({"name": call["name"], "arguments": call["arguments"]})
 
@@ -376,6 +385,7 @@ class ConstructBatch:
                 "generator": self.cfg.generator.model, "backend": self.cfg.generator.backend, "seed": self.seed,
                 "simulated_tools": sorted(s["simulated"]),
                 "query_paths": [p["query"] for p in s["paths"]], "answer_paths": [p["answer"] for p in s["paths"]],
+                "calls_from_hint": s.get("calls_from_hint", 0),
                 "calls": sum(len(step) for t in s["turns"] for step in t["steps"])}))
         return {k: np.array(v, dtype=object if k != "id" else np.int64) for k, v in cols.items()}
 
@@ -451,4 +461,5 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
             for p in prov[f"{what}_paths"]:
                 paths[what][p] = paths[what].get(p, 0) + 1
     counts["query_paths"], counts["answer_paths"] = paths["query"], paths["answer"]
+    counts["calls_from_hint"] = sum(json.loads(r["provenance"]).get("calls_from_hint", 0) for r in kept)
     return counts

@@ -194,7 +194,8 @@ def generic_query(schema: ToolSchema, arguments: dict[str, Any]) -> str:
 
 def seed_query(calls: list[tuple[ToolSchema, str | None, dict[str, Any]]]) -> str:
     """One user message asking for the calls of a turn, in order: each call's template (or
-    :func:`generic_query` where it has none), later ones as "Also, ..." / "Then, ...".
+    :func:`generic_query` where it has none, or where the call lacks an argument the template
+    needs), later ones as "Also, ..." / "Then, ...".
 
     >>> s = ToolSchema("f", "Convert money.", {"amount": {"type": "number"}}, ("amount",), {})
     >>> seed_query([(s, "How much is {amount} euros in yen?", {"amount": 300}),
@@ -205,7 +206,10 @@ def seed_query(calls: list[tuple[ToolSchema, str | None, dict[str, Any]]]) -> st
         raise ValueError("seed_query needs at least one call (tool schema, template or None, arguments)")
     parts = []
     for i, (schema, template, arguments) in enumerate(calls):
-        text = fill(template, arguments, schema.properties) if template else generic_query(schema, arguments)
+        try:
+            text = fill(template, arguments, schema.properties) if template else generic_query(schema, arguments)
+        except ValueError:  # a call without a required placeholder's argument (the generator left it out)
+            text = generic_query(schema, arguments)
         parts.append(text if i == 0 else _JOINERS[(i - 1) % len(_JOINERS)] + _lower_first(text))
     return " ".join(parts)
 

@@ -37,11 +37,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ttpa_ray.config import KINDS
 from ttpa_ray.report import render as plots
+from ttpa_ray.report.data import data_section, first_of_each_kind
 from ttpa_ray.manifest import STAGE_NAMES, read_manifest
-from ttpa_ray.report.render import (Block, Call, DataCard, Example, Figure, Note, Report, Section, Table, Turn,
-                                    render_html, render_markdown)
+from ttpa_ray.report.render import (Block, Figure, Note, Report, Section, Table, fmt, render_html,
+                                    render_markdown)
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,6 @@ _FLOW: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...],
                  ("generation_errors", "score_errors"), ()),
 }
 _NOT_COUNTS = {"stage", "status", "fingerprint", "seconds", "model", "run"}
-# The construct paths that write a turn's user query and its final answer (manifest
-# ``query_paths`` / ``answer_paths``): a path missing from a manifest wrote no turn.
-_PATHS = {"query": ("generated", "rewrite", "template"), "answer": ("generated", "template")}
-_PATH_LABELS = {"rewrite": "rewrite (of a template seed)", "template": "template (the seed itself)"}
-# Data card text limits (characters): long queries and answers are cut, saying by how much.
-_QUERY_CHARS, _ANSWER_CHARS, _ARGUMENTS_CHARS = 600, 400, 300
 
 
 # --------------------------------------------------------------------------- reading
@@ -140,7 +134,7 @@ def read_run(run_dir: Path, label: str = MAIN) -> RunData:
                   shared={s for s in REPORT_STAGES if (run_dir / s).is_symlink()})
     instances = run_dir / "construct" / "instances.parquet"
     if run.complete("construct") and instances.is_file():
-        run.examples = _first_of_each_kind(instances)
+        run.examples = first_of_each_kind(instances)
     steps = run_dir / "train" / "metrics.jsonl"
     if run.complete("train") and steps.is_file():
         run.train_steps = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()]
@@ -156,34 +150,6 @@ def read_run(run_dir: Path, label: str = MAIN) -> RunData:
             if f.is_file():
                 run.evaluations[model] = json.loads(f.read_text())
     return run
-
-
-def _first_of_each_kind(path: Path) -> list[dict[str, Any]] | None:
-    """The row with the lowest id of each kind, in KINDS order; None without a ``kind`` column."""
-    import pyarrow.parquet as pq
-
-    names = pq.read_schema(path).names
-    if "kind" not in names:
-        return None
-    first: dict[str, int] = {}
-    for r in pq.read_table(path, columns=["id", "kind"]).to_pylist():
-        first[r["kind"]] = min(r["id"], first.get(r["kind"], r["id"]))
-    if not first:
-        return []
-    columns = [c for c in ("id", "kind", "domain", "tools", "messages") if c in names]
-    rows = pq.read_table(path, columns=columns, filters=[("id", "in", list(first.values()))]).to_pylist()
-    order = {k: i for i, k in enumerate(KINDS)}
-    return sorted(rows, key=lambda r: (order.get(r["kind"], len(order)), r["kind"], r["id"]))
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return f"{v:.{digits}f}" if abs(v) < 1e3 else f"{v:.0f}"
-    return str(v)
 
 
 def _delta(v: Any, base: Any, digits: int = 3) -> str:
@@ -205,7 +171,7 @@ def _compare(title: str, rows: list[tuple[str, list[Any]]], models: list[str], d
     header = [first] + models + [f"Δ {m}" for m in models[1:]] if models[0] == "base" else [first] + models
     out = []
     for name, vals in rows:
-        cells = [name] + [_fmt(v) for v in vals]
+        cells = [name] + [fmt(v) for v in vals]
         if models[0] == "base":
             cells += [_delta(v, vals[0], digits) for v in vals[1:]]
         out.append(cells)
@@ -231,7 +197,7 @@ def _pass_rate(models: dict[str, dict[str, Any]]) -> Table:
     for label, m in models.items():
         pr = m.get("pass_rate") or {}
         reasons = ", ".join(f"{k} {v}" for k, v in (pr.get("fail_reasons") or {}).items()) or "–"
-        rows.append([label, _fmt(pr.get("episodes")), _fmt(pr.get("passed")), _fmt(pr.get("pass_rate")),
+        rows.append([label, fmt(pr.get("episodes")), fmt(pr.get("passed")), fmt(pr.get("pass_rate")),
                      _delta(pr.get("pass_rate"), base) if label != "base" else "", reasons])
     return Table("Pass rate (held-out episodes in the sandbox)",
                  ["model", "episodes", "passed", "pass rate", "Δ vs base", "fail reasons"], rows)
@@ -287,7 +253,7 @@ def _evaluation(main: RunData, variants: list[RunData]) -> Section:
                      labels, first="category")
         t.header.insert(1, "n")
         for row, (g, c) in zip(t.rows, cats):
-            row.insert(1, _fmt(next((n for m in models.values() if (n := _get(m, g, c, "n")) is not None), None)))
+            row.insert(1, fmt(next((n for m in models.values() if (n := _get(m, g, c, "n")) is not None), None)))
         blocks.append(t)
     table, codes, per_model = _error_codes(models)
     blocks += [_pass_rate(models), table]
@@ -309,9 +275,9 @@ def _training(runs: list[RunData]) -> Section:
         for r in done:
             s, m = r.train_steps, r.manifests["train"] or {}
             tps = [x["tokens_per_s"] for x in s if isinstance(x.get("tokens_per_s"), (int, float))]
-            rows.append([r.label, str(len(s)), _fmt(s[0].get("loss")), _fmt(s[-1].get("loss")),
-                         _fmt(s[-1].get("rewards/margins")), _fmt(s[-1].get("rewards/accuracies")),
-                         _fmt(sum(tps) / len(tps) if tps else None, 0), _fmt(m.get("seconds"), 1)])
+            rows.append([r.label, str(len(s)), fmt(s[0].get("loss")), fmt(s[-1].get("loss")),
+                         fmt(s[-1].get("rewards/margins")), fmt(s[-1].get("rewards/accuracies")),
+                         fmt(sum(tps) / len(tps) if tps else None, 0), fmt(m.get("seconds"), 1)])
         header = ["run", "steps", "first loss", "final loss", "final margin", "final reward acc.", "tokens/s",
                   "seconds"]
         blocks.append(Table("Training summary", header, rows))
@@ -334,8 +300,8 @@ def _pairs(runs: list[RunData]) -> Section:
             modes = Counter(str(p.get("mode")) for p in r.pairs)
             gold = [bool(p.get("chosen_is_gold")) for p in r.pairs]
             rows.append([r.label, str(len(r.pairs)), ", ".join(f"{k} {v}" for k, v in modes.items()),
-                         _fmt(sum(c) / len(c)), _fmt(sum(j) / len(j)), _fmt(sum(c) / len(c) - sum(j) / len(j)),
-                         _fmt(sum(gold) / len(gold))])
+                         fmt(sum(c) / len(c)), fmt(sum(j) / len(j)), fmt(sum(c) / len(c) - sum(j) / len(j)),
+                         fmt(sum(gold) / len(gold))])
         blocks.append(Table("Pair statistics", ["run", "pairs", "mode", "chosen mean ESM", "rejected mean ESM",
                                                  "mean gap", "chosen = gold"], rows))
         blocks.append(Figure("esm_histogram", "ESM score of the chosen and the rejected side of each pair",
@@ -344,86 +310,13 @@ def _pairs(runs: list[RunData]) -> Section:
     return Section("Preference pairs", blocks)
 
 
-def _share(n: int, total: int) -> str:
-    return _fmt(n / total) if total else "–"
-
-
-def _clip(text: str, limit: int) -> str:
-    """``text`` cut to about ``limit`` characters (at a space when one is near), saying how many
-    characters were cut."""
-    if len(text) <= limit:
-        return text
-    cut = text[:limit]
-    if (space := cut.rfind(" ")) > limit * 0.8:
-        cut = cut[:space]
-    return f"{cut.rstrip()} … [{len(text) - len(cut)} more characters]"
-
-
-def _example(row: dict[str, Any]) -> Example:
-    """A data card entry from an instances.parquet row (OpenAI chat messages and tool schemas)."""
-    turns: list[Turn] = []
-    for m in json.loads(row["messages"]):
-        if m["role"] == "user":
-            turns.append(Turn(_clip(m.get("content") or "", _QUERY_CHARS), [], ""))
-        elif m["role"] == "assistant" and m.get("tool_calls"):
-            turns[-1].steps.append([Call(c["function"]["name"], _clip(
-                a if isinstance(a := c["function"]["arguments"], str) else json.dumps(a, ensure_ascii=False),
-                _ARGUMENTS_CHARS)) for c in m["tool_calls"]])
-        elif m["role"] == "assistant":
-            turns[-1].answer = _clip(m.get("content") or "", _ANSWER_CHARS)
-    used = {c.name for t in turns for step in t.steps for c in step}
-    tools = [t["function"]["name"] for t in json.loads(row["tools"])]
-    return Example(str(row["kind"]), int(row["id"]), str(row.get("domain") or ""),
-                   [(n, n in used) for n in tools], turns)
-
-
 def _data(run: RunData) -> Section:
-    """What construct made: instances per kind, who wrote each kept turn, one example per kind."""
-    title = "Data: constructed instances"
-    m = run.manifests.get("construct")
-    if not m or not run.complete("construct"):
-        return Section(title, [Note(run.not_run("construct") or "construct: not run")])
-    older = "an older run: construct recorded no"
-    blocks: list[Block] = []
-    kinds = m.get("kinds")
-    if isinstance(kinds, dict):
-        order = {k: i for i, k in enumerate(KINDS)}
-        rows = [[k, _fmt(v["attempted"]), _fmt(v["kept"]), _share(v["kept"], v["attempted"])]
-                for k, v in sorted(kinds.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))]
-        tried, kept = (sum(int(v[key]) for v in kinds.values()) for key in ("attempted", "kept"))
-        rows.append(["total", _fmt(tried), _fmt(kept), _share(kept, tried)])
-        blocks.append(Table("Instances per kind", ["kind", "attempted", "kept", "kept share"], rows))
-    else:
-        blocks.append(Note(f"construct: instances per kind not recorded ({older} kinds)"))
-    counts = {w: m.get(f"{w}_paths") for w in _PATHS}
-    if all(isinstance(c, dict) for c in counts.values()):
-        totals = {w: sum(int(n) for n in c.values()) for w, c in counts.items()}
-        rows = []
-        for p in dict.fromkeys([*_PATHS["query"], *_PATHS["answer"], *counts["query"], *counts["answer"]]):
-            row = [_PATH_LABELS.get(p, p)]
-            for w, c in counts.items():
-                row += ([_fmt(c.get(p, 0)), _share(int(c.get(p, 0)), totals[w])]
-                        if p in c or p in _PATHS[w] else ["–", "–"])
-            rows.append(row)
-        rows.append(["turns", _fmt(totals["query"]), "", _fmt(totals["answer"]), ""])
-        blocks.append(Table("Kept turns by the path that wrote them",
-                            ["path", "user queries", "query share", "final answers", "answer share"], rows))
-    else:
-        blocks.append(Note(f"construct: query and answer paths not recorded ({older} query_paths/answer_paths)"))
-    if not (run.run_dir / "construct" / "instances.parquet").is_file():
-        blocks.append(Note(f"construct: no data card (no instances.parquet in {run.run_dir / 'construct'})"))
-    elif run.examples is None:
-        blocks.append(Note(f"construct: data card not recorded ({older} kind column in instances.parquet)"))
-    elif not run.examples:
-        blocks.append(Note("construct: no kept instances, so no data card"))
-    else:
-        blocks.append(DataCard("Data card: the first kept instance (lowest id) of each kind; ✓ marks the tools "
-                               "its gold calls use", [_example(r) for r in run.examples]))
-    return Section(title, blocks)
+    why = None if run.complete("construct") else (run.not_run("construct") or "construct: not run")
+    return data_section(run.manifests.get("construct"), why, run.run_dir / "construct", run.examples)
 
 
 def _counts(m: dict[str, Any], keys: tuple[tuple[str, str], ...]) -> str:
-    return ", ".join(f"{_fmt(m[k])} {unit}" for k, unit in keys if k in m) or "–"
+    return ", ".join(f"{fmt(m[k])} {unit}" for k, unit in keys if k in m) or "–"
 
 
 def _dropped(m: dict[str, Any], keys: tuple[str, ...]) -> str:
@@ -445,14 +338,14 @@ def _stage_rows(stage: str, m: dict[str, Any]) -> list[list[str]]:
     if stage == "evaluate":  # a row for the stage, then one per evaluated model
         models = {k: v for k, v in m.items() if isinstance(v, dict)}
         return [["evaluate", "", "", f"{len(models)} model(s)", "–", "–", "–", "–"]] + [
-            [f"evaluate: {k}", "", "", _counts(v, inn), "–", _fmt(sum(int(v.get(e) or 0) for e in errs)), "–",
-             ", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items() if kk.endswith(("accuracy", "pass_rate")))]
+            [f"evaluate: {k}", "", "", _counts(v, inn), "–", fmt(sum(int(v.get(e) or 0) for e in errs)), "–",
+             ", ".join(f"{kk} {fmt(vv)}" for kk, vv in v.items() if kk.endswith(("accuracy", "pass_rate")))]
             for k, v in models.items()]
     used = {k for k, _ in inn + out} | set(errs) | set(drop) | _NOT_COUNTS
-    other = ", ".join(f"{k} {len(v) if isinstance(v, list) else _fmt(v)}" for k, v in m.items()
+    other = ", ".join(f"{k} {len(v) if isinstance(v, list) else fmt(v)}" for k, v in m.items()
                       if k not in used and not isinstance(v, dict))
     return [[stage, "", "", _counts(m, inn), _counts(m, out),
-             _fmt(sum(int(m.get(e) or 0) for e in errs)) if errs else "–", _dropped(m, drop), other or "–"]]
+             fmt(sum(int(m.get(e) or 0) for e in errs)) if errs else "–", _dropped(m, drop), other or "–"]]
 
 
 def _stages(runs: list[RunData]) -> Section:
@@ -473,9 +366,9 @@ def _stages(runs: list[RunData]) -> Section:
                              r.not_run(stage) or ""])
             else:
                 first, *rest = _stage_rows(stage, m)
-                first[1:3] = [str(m.get("status")), _fmt(m.get("seconds"), 1)]
+                first[1:3] = [str(m.get("status")), fmt(m.get("seconds"), 1)]
                 rows += [first, *rest]
-        rows.append(["total", "", _fmt(sum(secs[r.label].values()), 1), "", "", "", "", ""])
+        rows.append(["total", "", fmt(sum(secs[r.label].values()), 1), "", "", "", "", ""])
         title = r.name if r.label in (MAIN, r.name) else f"{r.name} ({r.label})"
         blocks.append(Table(f"Stages and row accounting: {title}", header, rows))
     if any(secs.values()):

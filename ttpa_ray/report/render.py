@@ -17,6 +17,7 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -121,6 +122,17 @@ BASE_COLOUR = "#8c8c8c"
 MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 CHOSEN, REJECTED = "#2ca02c", "#d62728"
 _DPI = 100
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell: "–" for None, floats to ``digits`` places (whole above 1000)."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) < 1e3 else f"{v:.0f}"
+    return str(v)
 
 
 def model_colour(label: str, index: int) -> str:
