@@ -145,3 +145,17 @@ def test_a_call_that_repeats_an_earlier_one_is_an_invalid_call():
     s["cur"]["steps"].append([])
     off._take_call(s, json.dumps({"name": "search_flights", "arguments": {"origin": "Tokyo"}}), "", hint)
     assert s["status"] == "invalid_call" and "repeats an earlier call" in s["reason"]
+
+
+def test_answer_attempts_zero_writes_the_template_answer_without_the_generator():
+    from ttpa_ray.config import ConstructConfig
+
+    batch, s = _batch_and_state(ConstructConfig(answer_attempts=0), "Tokyo")
+    s["cur"]["steps"][0][0]["result"] = {"flights": [{"id": "NH 106", "price": 812}]}
+    batch._chat = None  # no generator: calling it would fail
+    batch._answers([s])
+    assert s["status"] is None and s["cur"]["answer_path"] == "template" and "NH 106" in s["cur"]["answer"]
+    import pytest
+
+    with pytest.raises(ValueError, match="answer_attempts: 0"):
+        ConstructConfig(answer_attempts=0, templates=False)

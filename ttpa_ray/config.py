@@ -271,8 +271,9 @@ class ConstructConfig(Section):
                                              "catalog (construct/steps.py); needed for small generators.")
     query_attempts: int = Field(3, ge=1, description="Query generations per turn until the filters pass: the "
                                 "first free, the rest rewriting the template seed.")
-    answer_attempts: int = Field(2, ge=1, description="Answer generations per turn until the answer filter "
-                                 "passes.")
+    answer_attempts: int = Field(2, ge=0, description="Answer generations per turn until the answer filter "
+                                 "passes; 0 = the template answer (a summary of the results, or a decline) "
+                                 "without asking the generator (needs templates on).")
     templates: bool | None = Field(None, description="Use query/answer templates as rewrite seeds and as the last "
                                    "resort when no generation passes. null: on, except for backend openai.")
     max_tokens: ConstructMaxTokens = ConstructMaxTokens()
@@ -286,6 +287,9 @@ class ConstructConfig(Section):
         _range(self.calls_per_turn, "calls_per_turn")
         if self.distractors[0] < 0 or self.calls_per_turn[0] < 2:
             raise ValueError("distractors start at 0 and calls_per_turn at 2 (it sizes the multi-call kinds)")
+        if self.answer_attempts == 0 and not self.use_templates:
+            raise ValueError("answer_attempts: 0 means template answers only, but templates are off (backend "
+                             "openai, or templates: false): set answer_attempts >= 1 or templates: true")
         if self.filters.forbid_argument_leak and self.filters.require_grounded_query:
             raise ValueError("filters.forbid_argument_leak drops queries that state argument values, which "
                              "require_grounded_query needs: turn one of them off")

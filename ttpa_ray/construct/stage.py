@@ -216,7 +216,8 @@ class ConstructBatch:
 
     def _answers(self, live: list[dict[str, Any]]) -> None:
         """The final answer, before the query (reversed order). Retried with new seeds until it
-        passes its filters (``answer_attempts``); then the template answer, when templates are on."""
+        passes its filters (``answer_attempts``; 0: no generation); then the template answer,
+        when templates are on."""
         pending = list(live)
         for attempt in range(self.cfg.answer_attempts):
             if not pending:
@@ -234,11 +235,12 @@ class ConstructBatch:
                     self._fail(s, "error", f"answer: {err}")
                     continue
                 s["cur"]["answer"], s["cur"]["answer_path"] = text, "generated"
-                if self._answer_problem(s, text, finish):
+                s["cur"]["answer_problem"] = self._answer_problem(s, text, finish)
+                if s["cur"]["answer_problem"]:
                     still.append(s)
             pending = still
         for s in pending:
-            problem = self._answer_problem(s, s["cur"]["answer"], "stop")
+            problem = s["cur"].get("answer_problem", "")
             if self.cfg.use_templates:
                 need = s["cur"]["plan"]["need"]
                 s["cur"]["answer"] = (templates.no_tool_answer(self.tools[need[0]].schema.description) if need
