@@ -143,10 +143,11 @@ class ConstructBatch:
                 name, hint = s["cur"]["plan"]["steps"][k][j]
                 total = sum(len(x) for x in s["cur"]["plan"]["steps"])
                 schema = self.tools[name].schema
-                convs.append(steps.call_messages(s["scenario"], schema, self._memory(s), len(self._memory(s)) + 1,
-                                                 total, hint if self.cfg.grounded else None))
+                earlier = [m for t in s["turns"] for step in t["steps"] for m in step]  # earlier turns' calls too
+                convs.append(steps.call_messages(s["scenario"], schema, earlier + self._memory(s),
+                                                 len(self._memory(s)) + 1, total, hint if self.cfg.grounded else None))
                 params.append(self._params(self.cfg.max_tokens.call, steps.call_grammar([schema]),
-                                           salt=s["id"] * 31 + k * 7 + j))
+                                           salt=s["id"] * 31 + k * 7 + j + 7919 * s["cur"]["index"]))
             for s, (text, finish, err) in zip(active, self._chat(convs, params)):
                 name, hint = s["cur"]["plan"]["steps"][k][j]
                 self._take_call(s, text, err, {"name": name, "arguments": hint} if hint else None)

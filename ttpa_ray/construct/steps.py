@@ -182,7 +182,9 @@ def call_messages(scenario: str, tool: ToolSchema, memory: list[dict[str, Any]],
             f"Scenario: {scenario}\n\nFunction:\n{json.dumps(tool.openai()['function'], ensure_ascii=False)}\n\n"
             f"{shot}Calls made so far and their results:\n{memory_text(memory)}\n\n"
             f"Write call {step} of {total} as JSON {{\"name\": ..., \"arguments\": {{...}}}}. Take the values from "
-            "the scenario and from earlier results; do not repeat a call already made.")},
+            "the scenario and from earlier results; do not repeat a call already made"
+            # Without an example to start from, small generators repeat the call above.
+            + (": use argument values different from every call above." if memory and not hint else "."))},
     ]
 
 
