@@ -150,6 +150,12 @@ def test_submitted_run_killed_mid_sample_resumes_then_rerun_skips(ray_head, tiny
     assert len({p["id"] for p in pairs}) == len(pairs)  # the killed attempt left no duplicates
     assert {p["instance_id"] for p in pairs} <= {r["id"] for r in kept}
 
+    # sft: two steps on the kept conversations; sample ran on the SFT model (on-policy).
+    sft = json.loads((run / "sft/manifest.json").read_text())
+    assert sft["steps"] == 2 and sft["conversations"] + sft["render_errors"] == cons["kept"] - sft["held_out_instances"]
+    assert sft["render_errors"] == 0 and sft["assistant_tokens"] > 0
+    assert (run / "sft/model/model.safetensors").is_file()
+
     # reference -> train: every pair has reference log-probs; two optimizer steps, a model.
     ref = json.loads((run / "reference/manifest.json").read_text())
     assert ref["pairs"] == len(pairs) and ref["ref_errors"] == 0
@@ -163,11 +169,12 @@ def test_submitted_run_killed_mid_sample_resumes_then_rerun_skips(ray_head, tiny
 
     # evaluate: the base and the trained model on the same rows; held-out instances never sampled.
     ev = json.loads((run / "evaluate/manifest.json").read_text())
-    for label in ("base", "trained"):
-        assert ev[label]["bfcl_rows"] == 4, ev  # 2 categories x 2
+    for label in ("base", "sft", "trained"):
+        assert ev[label]["bfcl_rows"] == 2, ev  # 2 categories x 1
         metrics = json.loads((run / f"evaluate/{label}/metrics.json").read_text())
         assert set(metrics["bfcl"]) >= {"simple", "irrelevance", "overall"}
     assert json.loads((run / "evaluate/trained/metrics.json").read_text())["model"].endswith("train/model")
+    assert json.loads((run / "evaluate/sft/metrics.json").read_text())["model"].endswith("sft/model")
     held = {r["instance_id"] for r in pq.read_table(run / "evaluate/base/held_out.parquet").to_pylist()}
     assert not held & {p["instance_id"] for p in pairs}
 
@@ -178,7 +185,7 @@ def test_submitted_run_killed_mid_sample_resumes_then_rerun_skips(ray_head, tiny
 
     again = ray_head.submit("e2e-rerun", *cmd)
     assert again.returncode == 0, again.stdout[-3000:]
-    for stage in ("probe", "construct", "sample", "reference", "train", "evaluate", "report"):
+    for stage in ("probe", "construct", "sft", "sample", "reference", "train", "evaluate", "report"):
         assert f"stage {stage}: complete, skipped" in again.stdout
     assert json.loads((run / "probe/manifest.json").read_text()) == manifest
     # (a config change redoing only its stage and those after it: tests/test_pipeline.py)

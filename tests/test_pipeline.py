@@ -25,8 +25,9 @@ def fake_stages(monkeypatch):
 
     stages = {"probe": (runner("probe"), ("probe",), ()),
               "construct": (runner("construct"), ("construct", "seed"), ()),
-              "sample": (runner("sample"), ("sample", "evaluate.held_out_fraction"), ("construct",)),
-              "train": (runner("train"), ("train",), ("sample",)),
+              "sft": (runner("sft"), ("sft",), ("construct",)),
+              "sample": (runner("sample"), ("sample", "evaluate.held_out_fraction"), ("construct", "sft")),
+              "train": (runner("train"), ("train",), ("sample", "sft")),
               "evaluate": (runner("evaluate"), ("evaluate",), ("construct", "train")),
               "report": (runner("report"), (), ("evaluate",))}
     RUNS.clear()
@@ -91,6 +92,39 @@ def test_upstream_redone_by_another_command_redoes_what_reads_it(tmp_path, fake_
     assert [c[0] for c in fake_stages] == ["construct", "sample", "train"]
 
 
+def test_sft_runs_once_before_sample_and_its_output_redoes_what_follows(tmp_path, fake_stages):
+    variants = {"tps": {"sample.top_k": 3}, "nsample": {"sample.mode": "nsample"}}
+    job = _job(tmp_path, sft={"enabled": True}, variants=variants)
+    pipeline.run_pipeline(job)
+    assert RUNS[:3] == [("t", "probe"), ("t", "construct"), ("t", "sft")] and ("tps", "sample") in RUNS
+    assert [r for r in RUNS if r[1] == "sft"] == [("t", "sft")]
+    sub = tmp_path / "t" / "variants" / "tps"
+    assert (sub / "sft").resolve() == (tmp_path / "t" / "sft").resolve()
+    RUNS.clear()
+    pipeline.run_pipeline(job, only="sft")
+    pipeline.run_pipeline(job)  # a new SFT model: every variant's sample and train are redone, construct is not
+    assert ("t", "construct") not in RUNS and ("tps", "sample") in RUNS and ("nsample", "train") in RUNS
+    RUNS.clear()
+    pipeline.run_pipeline(_job(tmp_path, sft={"enabled": False}, variants=variants))
+    assert ("t", "sft") not in RUNS and ("tps", "sample") in RUNS  # off: not run, and what read it is redone
+
+
+def test_on_policy_models(tmp_path):
+    """With sft: sample, reference and train use the SFT model, evaluation shows all three."""
+    job = _job(tmp_path, sft={"enabled": True}, evaluate={"enabled": True})
+    with pytest.raises(ValueError, match="run the sft stage first"):
+        pipeline.sft_model(job)
+    model = tmp_path / "t" / "sft" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    assert pipeline.sft_model(job) == str(model.resolve()) == pipeline._start_model(job)
+    assert list(pipeline.evaluate_models(job)) == ["base", "sft"]
+    assert pipeline.evaluate_models(job)["base"] == job.target.model
+    off = _job(tmp_path, sft={"enabled": True}, train={"from_sft": False, "model": "tiny-random"})
+    assert pipeline._start_model(off) == "tiny-random"
+    assert pipeline._start_model(_job(tmp_path)) == job.target.model  # no sft
+
+
 def test_variants_share_construct_and_base_evaluation(tmp_path, fake_stages):
     variants = {"tps": {"sample.top_k": 3}, "nsample": {"sample.mode": "nsample", "train.epochs": 2}}
     job = _job(tmp_path, variants=variants, evaluate={"enabled": True}, report={"enabled": True})
@@ -112,6 +146,8 @@ def test_variants_share_construct_and_base_evaluation(tmp_path, fake_stages):
     pipeline.run_pipeline(job)  # new instances: every variant and the report are redone, probe is not
     assert [r for r in RUNS if r[1] == "probe"] == [] and ("nsample", "sample") in RUNS and RUNS[-1] == ("t", "report")
     bad = {"tps": {"construct.num_instances": 3}}
+    with pytest.raises(ValueError, match="cannot vary"):
+        _job(tmp_path, variants={"tps": {"sft.epochs": 3}})  # sft runs once, in the parent
     with pytest.raises(ValueError, match="cannot vary"):
         _job(tmp_path, variants=bad)
     with pytest.raises(ValueError, match=r"variants\.x: sample\.top_k"):

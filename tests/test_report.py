@@ -323,7 +323,7 @@ def test_variants_side_by_side(tmp_path: Path):
     assert "Stages and row accounting: nsample (n-sample)" in tables
     counts = write_report(main, variants={"n-sample": other})
     assert counts["plots"] == 5 and (main / "report" / "report.html").is_file()
-    with pytest.raises(ValueError, match=r"\['base'\]: 'base', 'trained' and the job's own variants \(none\)"):
+    with pytest.raises(ValueError, match=r"\['base'\]: 'base', 'sft', 'trained' and the job's own variants \(none\)"):
         write_report(main, variants={"base": other})
     with pytest.raises(ValueError, match="is not a run folder"):
         write_report(main, variants={"x": tmp_path / "nope"})

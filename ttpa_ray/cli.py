@@ -2,6 +2,7 @@
 
     ttpa run jobs/demo-cpu.yaml [key=value ...] [--from STAGE]
     ttpa construct jobs/demo-cpu.yaml [key=value ...]
+    ttpa sft jobs/demo-cpu.yaml [key=value ...]
     ttpa sample jobs/demo-cpu.yaml [key=value ...]
     ttpa train jobs/demo-cpu.yaml [key=value ...]
     ttpa evaluate jobs/demo-cpu.yaml [--model PATH]
@@ -44,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
             continue
         print(f"  {name:10s} {_counts(manifest)}")
         if name == "evaluate":
-            evaluated = {m: manifest[m] for m in ("base", "trained") if isinstance(manifest.get(m), dict)} | evaluated
+            evaluated = {m: manifest[m] for m in ("base", "sft", "trained")
+                         if isinstance(manifest.get(m), dict)} | evaluated
     if evaluated:
         _print_comparison(evaluated)
     if "report" in results:
@@ -57,7 +59,7 @@ def _counts(manifest: dict) -> dict:
 
 
 def _print_comparison(manifest: dict[str, dict]) -> None:
-    """Base vs trained (or vs each variant), the figures a user looks for first."""
+    """Base vs SFT vs trained (or vs each variant), the figures a user looks for first."""
     models = list(manifest)
     keys = ("bfcl_simple_accuracy", "bfcl_accuracy", "held_out_accuracy", "pass_rate")
     print("\n  " + f"{'':22s}" + "".join(f"{m:>10s}" for m in models))
@@ -174,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=_run)
 
     for stage, text in (("construct", "reversed construction of tool-use instances"),
+                        ("sft", "supervised fine-tuning on the constructed conversations (assistant tokens)"),
                         ("sample", "token-level preference sampling + ESM scoring -> pairs"),
                         ("probe", "the target engine answers tool-use prompts"),
                         ("reference", "reference log-probs of every pair (once, before training)"),

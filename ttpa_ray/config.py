@@ -309,9 +309,12 @@ class ConstructConfig(Section):
 
 
 class SampleConfig(Section):
-    """Token-level preference sampling on the target model (``target`` section)."""
+    """Token-level preference sampling on the target model (``target`` section), or on the SFT
+    model when the sft stage runs (``from_sft``)."""
 
     enabled: bool = True
+    from_sft: bool = Field(True, description="With sft enabled: branch and complete on the SFT model "
+                           "(on-policy pairs); false: on target.model.")
     mode: Literal["tps", "nsample"] = Field("tps", description="tps: branch at single tokens; nsample: n whole "
                                                                 "completions per turn (the authors' released code).")
     top_k: int = Field(5, ge=1, le=20, description="Alternatives read per gold token (prompt_logprobs).")
@@ -346,27 +349,15 @@ class LoraConfig(Section):
     merge: bool = Field(True, description="Merge the adapter into the saved model (else save the adapter).")
 
 
-class TrainConfig(Section):
-    """DPO-family training on Ray Train with DeepSpeed ZeRO. The global batch is
-    ``micro_batch_size * gradient_accumulation_steps * num_workers`` pairs and its content does
-    not depend on the number of workers (same data order for 1 or N workers)."""
+class TrainerConfig(Section):
+    """What ``sft`` and ``train`` share: one Ray Train run of DeepSpeed ZeRO workers, its
+    optimiser, schedule, placement, checkpoints and LoRA. A global batch is ``micro_batch_size *
+    gradient_accumulation_steps * num_workers`` rows (pairs for ``train``, conversations for
+    ``sft``) and its content does not depend on the number of workers (same data order for 1 or N)."""
 
-    enabled: bool = True
-    model: str | None = Field(None, description="Starting (and reference) model; None = target.model.")
-    loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid = DPO (cDPO with "
-                                                 "label_smoothing > 0); ipo = IPO on per-token means.")
-    beta: float = Field(0.1, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    sft_weight: float = Field(0.0, ge=0, description="Adds sft_weight x the mean NLL of the chosen tokens "
-                              "(TRL loss_type [sigmoid, sft], RPO): teaches the chosen calls themselves, format "
-                              "included, which the pair's shared prefix does not; 0 = pure DPO/IPO.")
-    prefix_weight: float = Field(1.0, ge=0, le=1, description="Weight of completion tokens before a pair's "
-                                 "divergence token (shared by chosen and rejected); 0 = count only from it on.")
-    pair_weights: Literal["none", "score_margin"] = Field(
-        "none", description="score_margin: weight each pair by its ESM score margin (mean weight 1).")
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    micro_batch_size: int = Field(2, ge=1, description="Pairs per worker per forward/backward.")
+    micro_batch_size: int = Field(2, ge=1, description="Rows (pairs or conversations) per worker per forward/backward.")
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-6, gt=0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
@@ -396,12 +387,12 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     storage_path: str | None = Field(
         None, description="Checkpoints and Ray Train state: a local dir or a cloud URI (s3://, gs://) that "
-        "every node can reach. None = <run_dir>/train/ray.")
+        "every node can reach. None = <run_dir>/<stage>/ray.")
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited).")
     lora: LoraConfig = LoraConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> TrainConfig:
+    def _consistent(self) -> TrainerConfig:
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3")
         if self.offload_optimizer and self.zero_stage < 1:
@@ -409,6 +400,42 @@ class TrainConfig(Section):
         if self.lora.r and self.zero_stage == 3:
             raise ValueError("LoRA with zero_stage 3 is not supported: use zero_stage 2 (adapters are small)")
         return self
+
+
+class SftConfig(TrainerConfig):
+    """Supervised fine-tuning on the constructed conversations that are not held out, the loss
+    on assistant tokens only (calls and answers; not the system text, the user turns or the tool
+    results). With ``enabled``, ``sample`` branches on the SFT model, which is also the DPO
+    reference and ``train``'s start (on-policy TTPA; ``sample.from_sft``/``train.from_sft``
+    turn each part off). Output: ``<run_dir>/sft/model`` (an HF folder), ``metrics.jsonl``."""
+
+    enabled: bool = Field(False, description="Run the sft stage between construct and sample.")
+    model: str | None = Field(None, description="Model to fine-tune; None = target.model.")
+    max_length: int = Field(2048, ge=16, description="Tokens per conversation; longer ones are cut there "
+                            "(counted as truncated in the manifest).")
+    learning_rate: float = Field(2e-5, gt=0)
+    micro_batch_size: int = Field(2, ge=1, description="Conversations per worker per forward/backward.")
+
+
+class TrainConfig(TrainerConfig):
+    """DPO-family training on Ray Train with DeepSpeed ZeRO (see :class:`TrainerConfig`)."""
+
+    enabled: bool = True
+    model: str | None = Field(None, description="Starting (and reference) model; None = target.model "
+                              "(the SFT model when sft runs and from_sft).")
+    from_sft: bool = Field(True, description="With sft enabled: start from (and use as reference) the SFT "
+                           "model; false: from train.model / target.model.")
+    loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid = DPO (cDPO with "
+                                                 "label_smoothing > 0); ipo = IPO on per-token means.")
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    sft_weight: float = Field(0.0, ge=0, description="Adds sft_weight x the mean NLL of the chosen tokens "
+                              "(TRL loss_type [sigmoid, sft], RPO): teaches the chosen calls themselves, format "
+                              "included, which the pair's shared prefix does not; 0 = pure DPO/IPO.")
+    prefix_weight: float = Field(1.0, ge=0, le=1, description="Weight of completion tokens before a pair's "
+                                 "divergence token (shared by chosen and rejected); 0 = count only from it on.")
+    pair_weights: Literal["none", "score_margin"] = Field(
+        "none", description="score_margin: weight each pair by its ESM score margin (mean weight 1).")
 
 
 class EvaluateConfig(Section):
@@ -467,6 +494,7 @@ class JobConfig(Section):
     construct: ConstructConfig = ConstructConfig()
     sample: SampleConfig = SampleConfig()
     score: ScoreConfig = ScoreConfig()
+    sft: SftConfig = SftConfig()
     reference: ReferenceConfig = ReferenceConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

@@ -184,14 +184,17 @@ def _local_paths(job: JobConfig) -> Iterator[tuple[str, str]]:
             yield f"{prefix}.model", eng.model
         if eng.tokenizer and _is_model_path(eng.tokenizer):
             yield f"{prefix}.tokenizer", eng.tokenizer
-    if job.train.model and _is_model_path(job.train.model):
-        yield "train.model", job.train.model
+    for stage in ("sft", "train"):
+        model = getattr(job, stage).model
+        if model and _is_model_path(model):
+            yield f"{stage}.model", model
     for dotted, catalog in (("construct.catalog", job.construct.catalog), ("score.catalog", job.score.catalog)):
         if catalog != "bundled":
             yield dotted, catalog
-    storage = job.train.storage_path
-    if storage is not None and (storage.startswith("file://") or "://" not in storage):  # s3://, gs://: remote
-        yield "train.storage_path", storage.removeprefix("file://")
+    for stage in ("sft", "train"):
+        storage = getattr(job, stage).storage_path
+        if storage is not None and (storage.startswith("file://") or "://" not in storage):  # s3://, gs://: remote
+            yield f"{stage}.storage_path", storage.removeprefix("file://")
 
 
 def path_problems(job: JobConfig) -> list[str]:

@@ -21,7 +21,7 @@ from ttpa_ray.config import JobConfig
 MANIFEST = "manifest.json"
 
 # In pipeline order (``pipeline.STAGES`` holds their runners).
-STAGE_NAMES = ("probe", "construct", "sample", "reference", "train", "evaluate", "report")
+STAGE_NAMES = ("probe", "construct", "sft", "sample", "reference", "train", "evaluate", "report")
 
 
 def fingerprint(job: JobConfig, sections: tuple[str, ...], upstream: dict[str, str | None] | None = None) -> str:

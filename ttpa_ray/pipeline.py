@@ -2,12 +2,13 @@
 ``manifest.json``); a rerun skips a stage whose manifest is complete for the same config
 section, and ``--from STAGE`` forces a redo from there.
 
-Stages so far: ``probe`` (the target engine pool on tool-use prompts), ``construct``
-(reversed construction), ``sample`` (TPS + ESM scoring -> pairs), ``reference`` (reference
-log-probs of the pairs, once), ``train`` (DPO family on Ray Train + DeepSpeed), ``evaluate``
-(BFCL + held-out + pass rate, for the base and the trained model), ``report`` (HTML + Markdown with tables
-and plots of all of them). A stage whose inputs changed is redone,
-and so is every stage after it.
+Stages: ``probe`` (the target engine pool on tool-use prompts), ``construct`` (reversed
+construction), ``sft`` (supervised fine-tuning on the constructed conversations; off unless
+``sft.enabled``), ``sample`` (TPS + ESM scoring -> pairs, on the SFT model when there is one),
+``reference`` (reference log-probs of the pairs, once), ``train`` (DPO family on Ray Train +
+DeepSpeed), ``evaluate`` (BFCL + held-out + pass rate, for the base, SFT and trained models),
+``report`` (HTML + Markdown with tables and plots of all of them). A stage whose inputs changed
+is redone, and so is every stage after it.
 """
 
 from __future__ import annotations
@@ -39,13 +40,34 @@ def _construct(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     return run_construct(job.construct, out, seed=job.seed)
 
 
+def _sft(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
+    from ttpa_ray.sft.stage import run_sft
+
+    return run_sft(job.sft, job.sft.model or job.target.model, _upstream_file(job, "construct", "instances.parquet"),
+                   out, seed=job.seed, held_out_fraction=_held_out(job), resume=resume)
+
+
+def sft_model(job: JobConfig) -> str | None:
+    """The SFT stage's model folder when the job runs sft, else None."""
+    if not job.sft.enabled:
+        return None
+    model = job.run_dir / "sft" / "model"
+    if not (model / "config.json").is_file():
+        raise ValueError(f"{model} is missing: run the sft stage first (ttpa sft ... or ttpa run ...), or set "
+                         "sft.enabled=false")
+    return str(model.resolve())
+
+
 def _sample(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     from ttpa_ray.sample.stage import run_sample
 
     instances = job.run_dir / "construct" / "instances.parquet"
     if not instances.is_file():
         raise ValueError(f"sample reads {instances}: run the construct stage first (ttpa construct ...)")
-    return run_sample(job.sample, job.target, job.score, instances, out, seed=job.seed,
+    target = job.target
+    if job.sample.from_sft and (model := sft_model(job)):
+        target = target.model_copy(update={"model": model, "tokenizer": None})
+    return run_sample(job.sample, target, job.score, instances, out, seed=job.seed,
                       held_out_fraction=_held_out(job))
 
 
@@ -62,6 +84,10 @@ def _upstream_file(job: JobConfig, stage: str, name: str) -> Path:
 
 
 def _start_model(job: JobConfig) -> str:
+    """Where train starts, and so the DPO reference: the SFT model (on-policy), else
+    ``train.model`` or the target."""
+    if job.train.from_sft and (model := sft_model(job)):
+        return model
     return job.train.model or job.target.model
 
 
@@ -82,8 +108,11 @@ def _train(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
 
 
 def evaluate_models(job: JobConfig) -> dict[str, str]:
-    """What the evaluate stage compares: the starting model, and the trained one if trained."""
-    models = {"base": _start_model(job)} if job.evaluate.base else {}
+    """What the evaluate stage compares: the model before any training (``base``), the SFT
+    model if sft ran, and the trained one if trained."""
+    models = {"base": job.train.model or job.target.model} if job.evaluate.base else {}
+    if job.evaluate.base and job.sft.enabled:
+        models = {"base": job.sft.model or job.target.model, "sft": sft_model(job) or ""}
     trained = job.run_dir / "train" / "model"
     if job.train.enabled and (trained / "config.json").is_file():
         models["trained"] = str(trained.resolve())
@@ -112,14 +141,16 @@ def _report(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
 STAGES: dict[str, tuple[Callable[[JobConfig, Path, bool], dict[str, Any]], tuple[str, ...], tuple[str, ...]]] = {
     "probe": (_probe, ("probe", "target"), ()),
     "construct": (_construct, ("construct", "seed"), ()),
-    "sample": (_sample, ("sample", "target", "score", "seed", "evaluate.enabled", "evaluate.held_out_fraction"),
-               ("construct",)),
-    "reference": (_reference, ("reference", "target.model", "train.model", "train.dtype", "train.use_gpu",
-                               "train.prefix_weight"), ("sample",)),
-    "train": (_train, ("train", "target", "seed"), ("reference",)),
-    "evaluate": (_evaluate, ("evaluate", "target", "score", "seed", "train.enabled", "construct.catalog"), ("construct", "train")),
+    "sft": (_sft, ("sft", "target.model", "seed", "evaluate.enabled", "evaluate.held_out_fraction"), ("construct",)),
+    "sample": (_sample, ("sample", "target", "score", "seed", "evaluate.enabled", "evaluate.held_out_fraction",
+                         "sft.enabled"), ("construct", "sft")),
+    "reference": (_reference, ("reference", "target.model", "train.model", "train.from_sft", "train.dtype",
+                               "train.use_gpu", "train.prefix_weight", "sft.enabled"), ("sample", "sft")),
+    "train": (_train, ("train", "target", "seed", "sft.enabled"), ("reference", "sft")),
+    "evaluate": (_evaluate, ("evaluate", "target", "score", "seed", "train.enabled", "sft.enabled", "construct.catalog"),
+                 ("construct", "sft", "train")),
     # Shows every stage's manifest: redone when any of them was.
-    "report": (_report, ("report",), ("probe", "construct", "sample", "reference", "train", "evaluate")),
+    "report": (_report, ("report",), ("probe", "construct", "sft", "sample", "reference", "train", "evaluate")),
 }
 assert tuple(STAGES) == STAGE_NAMES, "manifest.STAGE_NAMES lists the stages in pipeline order"
 
@@ -140,14 +171,15 @@ def run_pipeline(job: JobConfig, from_stage: str | None = None,
     names = list(STAGES)
     if not job.variants or only is not None:
         return _run_stages(job, names, from_stage, only)
-    shared, per_variant = names[:names.index("construct") + 1], names[names.index("construct") + 1:]
+    shared, per_variant = names[:names.index("sft") + 1], names[names.index("sft") + 1:]
     results = _run_stages(job, shared, from_stage, None)
     for name in job.variants:
         sub = variant_job(job, name)
         sub.run_dir.mkdir(parents=True, exist_ok=True)
-        shared = sub.run_dir / "construct"
-        if not shared.is_symlink():
-            shared.symlink_to(Path("..", "..", "construct"), target_is_directory=True)
+        for stage in ("construct", "sft") if job.sft.enabled else ("construct",):  # run once, in the parent
+            link = sub.run_dir / stage
+            if not link.is_symlink():
+                link.symlink_to(Path("..", "..", stage), target_is_directory=True)
         (sub.run_dir / "job.json").write_text(sub.model_dump_json(indent=2))
         log.info("variant %s: %s", name, sub.run_dir)
         sub_from = from_stage if from_stage in per_variant else None
@@ -200,7 +232,8 @@ def _run_stages(job: JobConfig, names: list[str], from_stage: str | None,
 def upstream_tokens(job: JobConfig, name: str, upstream: tuple[str, ...]) -> dict[str, str | None]:
     """The run tokens of the stages ``name`` reads (and, for a job with variants, of each
     variant's evaluation, which the stages after evaluate read too)."""
-    tokens = {u: (read_manifest(job.run_dir / u) or {}).get("token") for u in upstream}
+    tokens = {u: (read_manifest(job.run_dir / u) or {}).get("token") for u in upstream
+              if u != "sft" or job.sft.enabled}  # a disabled sft's old folder is not read
     names = list(STAGES)
     if job.variants and "evaluate" in names and name in names[names.index("evaluate") + 1:]:
         for v in job.variants:

@@ -85,8 +85,9 @@ class RunData:
     job: dict[str, Any]
     manifests: dict[str, dict[str, Any] | None]
     train_steps: list[dict[str, Any]] = field(default_factory=list)
+    sft_steps: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # chosen_score, rejected_score, chosen_is_gold, mode
-    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # "base"/"trained" -> metrics.json
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # "base"/"sft"/"trained" -> metrics.json
     # The kept instance with the lowest id of each kind (rows of instances.parquet, in KINDS
     # order); None: instances.parquet has no ``kind`` column (an older run) or is missing.
     examples: list[dict[str, Any]] | None = None
@@ -135,9 +136,10 @@ def read_run(run_dir: Path, label: str = MAIN) -> RunData:
     instances = run_dir / "construct" / "instances.parquet"
     if run.complete("construct") and instances.is_file():
         run.examples = first_of_each_kind(instances)
-    steps = run_dir / "train" / "metrics.jsonl"
-    if run.complete("train") and steps.is_file():
-        run.train_steps = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()]
+    for stage in ("sft", "train"):
+        steps = run_dir / stage / "metrics.jsonl"
+        if run.complete(stage) and steps.is_file():
+            setattr(run, f"{stage}_steps", [json.loads(x) for x in steps.read_text().splitlines() if x.strip()])
     pairs = run_dir / "sample" / "pairs.parquet"
     if run.complete("sample") and pairs.is_file():
         names = pq.read_schema(pairs).names  # an empty pairs file has only an id column
@@ -145,7 +147,7 @@ def read_run(run_dir: Path, label: str = MAIN) -> RunData:
         if "chosen_score" in wanted:
             run.pairs = pq.read_table(pairs, columns=wanted).to_pylist()
     if run.complete("evaluate"):
-        for model in ("base", "trained"):
+        for model in ("base", "sft", "trained"):
             f = run_dir / "evaluate" / model / "metrics.json"
             if f.is_file():
                 run.evaluations[model] = json.loads(f.read_text())
@@ -231,6 +233,8 @@ def _evaluation(main: RunData, variants: list[RunData]) -> Section:
         return Section(title, [Note(main.not_run("evaluate") or "evaluate: no base model metrics in this run")])
     notes: list[Table | Figure | Note] = []
     models = {"base": main.evaluations["base"]}
+    if "sft" in main.evaluations:
+        models["sft"] = main.evaluations["sft"]
     for run, key in [(main, MAIN)] + [(v, v.label) for v in variants]:
         if "trained" in run.evaluations:
             models[key] = run.evaluations["trained"]
@@ -266,9 +270,21 @@ def _evaluation(main: RunData, variants: list[RunData]) -> Section:
     return Section(title, blocks)
 
 
+def _sft(run: RunData) -> Table:
+    s, m = run.sft_steps, run.manifests.get("sft") or {}
+    tps = [x["tokens_per_s"] for x in s if isinstance(x.get("tokens_per_s"), (int, float))]
+    return Table("SFT (assistant tokens of the constructed conversations)",
+                 ["conversations", "assistant tokens", "steps", "first loss", "final loss", "final token acc.",
+                  "tokens/s", "seconds"],
+                 [[fmt(m.get("conversations")), fmt(m.get("assistant_tokens")), str(len(s)), fmt(s[0].get("loss")),
+                   fmt(s[-1].get("loss")), fmt(s[-1].get("mean_token_accuracy")),
+                   fmt(sum(tps) / len(tps) if tps else None, 0), fmt(m.get("seconds"), 1)]])
+
+
 def _training(runs: list[RunData]) -> Section:
-    blocks: list[Table | Figure | Note] = [Note(r.not_run("train") or f"train ({r.label}): metrics.jsonl missing")
-                                           for r in runs if not r.train_steps]
+    blocks: list[Table | Figure | Note] = [_sft(runs[0])] if runs and runs[0].sft_steps else []
+    blocks += [Note(r.not_run("train") or f"train ({r.label}): metrics.jsonl missing")
+               for r in runs if not r.train_steps]
     done = [r for r in runs if r.train_steps]
     if done:
         rows = []
@@ -398,9 +414,9 @@ def write_report(run_dir: Path, variants: dict[str, Path] | None = None, out: Pa
     ``variants`` (label -> another run folder). Returns the counts for the stage manifest."""
     main = read_run(Path(run_dir), MAIN)
     own, extra = main.variants, variants or {}
-    bad = [label for label in extra if label in ("base", MAIN) or label in own or not label.strip()]
+    bad = [label for label in extra if label in ("base", "sft", MAIN) or label in own or not label.strip()]
     if bad:
-        raise ValueError(f"variant label(s) {bad}: 'base', '{MAIN}' and the job's own variants "
+        raise ValueError(f"variant label(s) {bad}: 'base', 'sft', '{MAIN}' and the job's own variants "
                          f"({', '.join(own) or 'none'}) are taken; label variants by what differs, "
                          "e.g. n-sample=runs/nsample")
     # A job variant that has not run yet is shown as not run; a folder asked for must exist.

@@ -1,10 +1,12 @@
-"""The preference-optimisation loop, importable without Ray: pairs in, optimizer steps out.
+"""The training loop, importable without Ray: rows in, optimizer steps out.
 
 :func:`run_steps` runs from ``state["step"]`` to ``total`` optimizer steps on any
 :class:`~ttpa_ray.train.policy.Policy` and an initialised process group (Ray Train's in the
-``train`` stage, a one-process gloo group in tests and ``bench/train.py``). Each rank takes its
-share of every global batch (:mod:`ttpa_ray.train.plan`), runs the shared-prefix forward
-(:mod:`ttpa_ray.train.pair_forward`) and the DPO-family loss (:mod:`ttpa_ray.train.losses`).
+``sft`` and ``train`` stages, a one-process gloo group in tests and ``bench/train.py``). Each
+rank takes its share of every global batch (:mod:`ttpa_ray.train.plan`) and calls the
+objective on each micro-batch: :class:`DpoObjective` (the shared-prefix forward of
+:mod:`ttpa_ray.train.pair_forward` and the DPO-family loss of :mod:`ttpa_ray.train.losses`)
+or :class:`~ttpa_ray.sft.objective.SftObjective`.
 
 After each step the loop calls its hooks in order, each with the new state (``step``,
 ``history`` of metric rows, and whatever a hook adds). The hooks here: TensorBoard scalars,
@@ -20,7 +22,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -65,32 +67,49 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
 
 
 class StepMetrics:
-    """Per-step sums over this rank's pairs, all-reduced into global means."""
+    """Per-step sums of an objective's metrics over this rank's micro-batches, all-reduced
+    into the step's row (the objective turns sums into means), with peak memory."""
 
     def __init__(self) -> None:
-        self.sums = torch.zeros(6, dtype=torch.float64)  # loss, r_c, r_r, acc, pairs, tokens
+        self.sums: dict[str, float] = {}
         self.peak = torch.zeros(2, dtype=torch.float64)  # this rank's RSS now and at its peak (MB)
 
-    def add(self, losses: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, tokens: int) -> None:
-        self.sums += torch.tensor([losses.detach().sum().item(), rc.sum().item(), rr.sum().item(),
-                                   (rc > rr).float().sum().item(), len(losses), tokens], dtype=torch.float64)
+    def add(self, sums: dict[str, float]) -> None:
+        for k, v in sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
 
-    def reduce(self) -> dict[str, float]:
+    def reduce(self, objective: Objective) -> dict[str, float]:
         import resource
 
         import psutil
 
-        s = self.sums.clone()
+        keys = sorted(self.sums)  # every rank adds the same keys
+        s = torch.tensor([self.sums[k] for k in keys], dtype=torch.float64)
         self.peak[0] = psutil.Process().memory_info().rss / 2**20
         self.peak[1] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KB on Linux
         if dist.is_initialized():
             dist.all_reduce(s)
             dist.all_reduce(self.peak, op=dist.ReduceOp.MAX)
-        n = max(s[4].item(), 1.0)
-        return {"loss": s[0].item() / n, "rewards/chosen": s[1].item() / n, "rewards/rejected": s[2].item() / n,
-                "rewards/margins": (s[1] - s[2]).item() / n, "rewards/accuracies": s[3].item() / n,
-                "pairs": int(s[4].item()), "tokens": int(s[5].item()),
+        return {**objective.metrics(dict(zip(keys, s.tolist()))),
                 "rss_mb_max_rank": round(self.peak[0].item(), 1), "peak_rss_mb_max_rank": round(self.peak[1].item(), 1)}
+
+
+class Objective(Protocol):
+    """What :func:`run_steps` optimises: :class:`DpoObjective` (train) or
+    :class:`~ttpa_ray.sft.objective.SftObjective` (sft)."""
+
+    columns: tuple[str, ...]  # the row columns it reads
+    unit: str                 # what a row is, for messages
+
+    def __call__(self, policy: Any, rows: list[dict[str, Any]], cfg: Any, pad_id: int
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One micro-batch: the loss to backpropagate and the sums behind the step's metrics."""
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """The step's metric row from the sums over all ranks."""
+
+    def progress(self, row: dict[str, Any]) -> str:
+        """The objective's part of the progress line."""
 
 
 def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id: int
@@ -116,24 +135,52 @@ def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id:
     return losses, rc, rr, objective, tokens
 
 
-def run_steps(policy: Any, pairs: pa.Table, cfg: TrainConfig, *, seed: int, rank: int, world: int, total: int,
-              pad_id: int, state: dict[str, Any], hooks: Sequence[Hook] = ()) -> dict[str, Any]:
-    """The DPO loop from ``state["step"]`` to ``total`` optimizer steps; ``hooks`` run after
-    every step, in order. Needs only an initialised process group."""
+class DpoObjective:
+    """DPO-family loss (+ ``sft_weight`` NLL) on pairs with their reference log-probs. A pair
+    is accurate when its chosen reward is strictly above its rejected one: a tie is not."""
+
+    columns = tuple(COLUMNS)
+    unit = "pairs"
+
+    def __call__(self, policy: Any, rows: list[dict[str, Any]], cfg: Any, pad_id: int
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        losses, rc, rr, objective, tokens = pair_loss(policy, rows, cfg, pad_id)
+        return objective, {"loss": losses.detach().sum().item(), "r_c": rc.sum().item(), "r_r": rr.sum().item(),
+                           "acc": (rc > rr).float().sum().item(), "rows": len(losses), "tokens": tokens}
+
+    @staticmethod
+    def metrics(s: dict[str, float]) -> dict[str, float]:
+        n = max(s["rows"], 1.0)
+        return {"loss": s["loss"] / n, "rewards/chosen": s["r_c"] / n, "rewards/rejected": s["r_r"] / n,
+                "rewards/margins": (s["r_c"] - s["r_r"]) / n, "rewards/accuracies": s["acc"] / n,
+                "pairs": int(s["rows"]), "tokens": int(s["tokens"])}
+
+    @staticmethod
+    def progress(row: dict[str, Any]) -> str:
+        return f"loss {row['loss']:.4f} margin {row['rewards/margins']:+.4f} acc {row['rewards/accuracies']:.2f}"
+
+
+def run_steps(policy: Any, rows: pa.Table, cfg: Any, *, seed: int, rank: int, world: int, total: int,
+              pad_id: int, state: dict[str, Any], hooks: Sequence[Hook] = (),
+              objective: Objective | None = None) -> dict[str, Any]:
+    """The loop from ``state["step"]`` to ``total`` optimizer steps of ``objective`` (default
+    DPO on pairs); ``hooks`` run after every step, in order. Needs only an initialised process
+    group."""
+    objective = objective or DpoObjective()
     size = plan.global_batch_size(cfg.micro_batch_size, cfg.gradient_accumulation_steps, world)
-    per_epoch = plan.steps_per_epoch(len(pairs), size)
+    per_epoch = plan.steps_per_epoch(len(rows), size)
     policy.train()
     while state["step"] < total:
         step = state["step"]
         epoch, in_epoch = divmod(step, per_epoch)
-        batch = plan.global_batch(plan.epoch_order(len(pairs), seed, epoch), in_epoch, size)
+        batch = plan.global_batch(plan.epoch_order(len(rows), seed, epoch), in_epoch, size)
         metrics, t0, lr = StepMetrics(), time.perf_counter(), policy.lr
         for micro in plan.rank_micro_batches(batch, rank, world, cfg.micro_batch_size):
-            losses, rc, rr, loss, tokens = pair_loss(policy, pairs.take(micro).to_pylist(), cfg, pad_id)
+            loss, sums = objective(policy, rows.take(micro).to_pylist(), cfg, pad_id)
             policy.backward(loss)
             policy.step()
-            metrics.add(losses, rc, rr, tokens)
-        row = {"step": step + 1, "epoch": epoch, **metrics.reduce(), "grad_norm": policy.grad_norm,
+            metrics.add(sums)
+        row = {"step": step + 1, "epoch": epoch, **metrics.reduce(objective), "grad_norm": policy.grad_norm,
                "lr": lr}
         row["tokens_per_s"] = round(row["tokens"] / (time.perf_counter() - t0), 1)
         state = state | {"step": step + 1, "history": state["history"] + [row]}
@@ -166,8 +213,10 @@ class ProgressHook:
     """One line per step (at most every ``every_s`` seconds) on rank 0: readable in the
     driver's terminal and in ``ray job logs`` alike."""
 
-    def __init__(self, total: int, done: int, every_s: float = 5.0):
+    def __init__(self, total: int, done: int, every_s: float = 5.0, stage: str = "train",
+                 objective: Objective | None = None):
         self.total, self.done, self.every_s = total, done, every_s
+        self.stage, self.objective = stage, objective or DpoObjective()
         self.t0 = self.last = time.perf_counter()
         self.start = done
 
@@ -179,8 +228,8 @@ class ProgressHook:
             return
         self.last = now
         rate = (now - self.t0) / max(1, self.done - self.start)
-        print(f"train: step {self.done}/{self.total} ({100 * self.done // self.total}%) loss {row['loss']:.4f} "
-              f"margin {row['rewards/margins']:+.4f} acc {row['rewards/accuracies']:.2f} lr {row['lr']:.2e} "
+        print(f"{self.stage}: step {self.done}/{self.total} ({100 * self.done // self.total}%) "
+              f"{self.objective.progress(row)} lr {row['lr']:.2e} "
               f"| {rate:.2f} s/step, eta {rate * (self.total - self.done):.0f} s", flush=True)
 
 

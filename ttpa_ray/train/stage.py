@@ -1,5 +1,6 @@
 """The ``reference`` and ``train`` stages: Ray Data and Ray Train + DeepSpeed ZeRO around the
-pure parts of this folder (``ttpa reference JOB``, ``ttpa train JOB``).
+pure parts of this folder (``ttpa reference JOB``, ``ttpa train JOB``). :func:`fit`, the Ray
+Train run, also runs the ``sft`` stage (:mod:`ttpa_ray.sft.stage`) with its own objective.
 
 reference: :func:`run_reference` computes the reference log-probs of every pair once, on a
 pool of :class:`~ttpa_ray.train.reference.ReferenceBatch` actors; training holds no reference
@@ -44,15 +45,19 @@ from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, 
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ttpa_ray.columns import none_if_nan
-from ttpa_ray.config import ReferenceConfig, TrainConfig
+from ttpa_ray.config import ReferenceConfig, SftConfig, TrainConfig, TrainerConfig
 from ttpa_ray.console import collect, quiet_train_worker, verbose
 from ttpa_ray.train import plan
-from ttpa_ray.train.loop import (Hook, MemoryStepProfile, ProgressHook, TensorBoardHook, kill_after_step,
-                                 prepare_pairs, run_steps)
+from ttpa_ray.sft.objective import SftObjective
+from ttpa_ray.train.loop import (DpoObjective, Hook, MemoryStepProfile, Objective, ProgressHook, TensorBoardHook,
+                                 kill_after_step, prepare_pairs, run_steps)
 from ttpa_ray.train.policy import Policy, policy_parts
 
 log = logging.getLogger(__name__)
 
+# What each Ray Train stage optimises, and its config section.
+OBJECTIVES: dict[str, tuple[type[TrainerConfig], type[Objective]]] = {
+    "train": (TrainConfig, DpoObjective), "sft": (SftConfig, SftObjective)}
 STATE = "state.json"
 MODEL = "hf_model"
 # Fault injection (tests, drills): SIGKILL the last rank right after this optimizer step, on
@@ -67,7 +72,7 @@ PROFILE_ENV = "TTPA_PROFILE_MEMORY_STEP"
 # --------------------------------------------------------------------------- worker side
 
 
-def create_policy(model_dir: Path, cfg: TrainConfig, world: int, total_steps: int, use_gpu: bool) -> Policy:
+def create_policy(model_dir: Path, cfg: TrainerConfig, world: int, total_steps: int, use_gpu: bool) -> Policy:
     """The model, AdamW and the LR schedule (:func:`~ttpa_ray.train.policy.policy_parts`) handed
     to ``deepspeed.initialize``. Needs an initialised process group."""
     import deepspeed
@@ -78,7 +83,7 @@ def create_policy(model_dir: Path, cfg: TrainConfig, world: int, total_steps: in
     return Policy(engine, cfg, Path(model_dir), parts.hf_ds_config)
 
 
-def _load_pairs() -> pa.Table:
+def _load_rows() -> pa.Table:
     shard = ray.train.get_dataset_shard("train")
     table = pa.concat_tables(list(shard.iter_batches(batch_format="pyarrow", batch_size=1024)))
     return table.sort_by("id")  # a stable order to permute, whatever order the blocks arrive in
@@ -102,7 +107,7 @@ def _report(policy: Any, state: dict[str, Any], rank: int, final: bool) -> None:
             ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
-def _checkpoint_hook(policy: Policy, cfg: TrainConfig, rank: int, total: int) -> Hook:
+def _checkpoint_hook(policy: Policy, cfg: TrainerConfig, rank: int, total: int) -> Hook:
     def hook(state: dict[str, Any]) -> None:
         if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < total:
             _report(policy, state, rank, final=False)
@@ -119,12 +124,15 @@ def _tensorboard(log_dir: str) -> TensorBoardHook | None:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker (a data-parallel rank): restore, run :func:`run_steps` with its
-    hooks, report the final model."""
+    """One Ray Train worker (a data-parallel rank) of the ``sft`` or ``train`` stage
+    (``config["stage"]``): restore, run :func:`run_steps` with its hooks, report the final model."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if config["use_gpu"] else "cpu")  # before deepspeed loads
     from transformers import AutoTokenizer
 
-    cfg = TrainConfig.model_validate(config["train"])
+    stage = config["stage"]
+    config_class, objective_class = OBJECTIVES[stage]
+    cfg = config_class.model_validate(config["cfg"])
+    objective = objective_class()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if config.get("threads"):
@@ -133,9 +141,9 @@ def train_loop(config: dict[str, Any]) -> None:
 
     deepspeed.init_distributed(dist_backend="nccl" if config["use_gpu"] else "gloo")
     quiet_train_worker()
-    pairs = _load_pairs()
+    rows = _load_rows()
     size = plan.global_batch_size(cfg.micro_batch_size, cfg.gradient_accumulation_steps, world)
-    total = plan.total_steps(len(pairs), size, cfg.epochs, cfg.max_steps)
+    total = plan.total_steps(len(rows), size, cfg.epochs, cfg.max_steps)
     model_dir = Path(config["model_dir"])
     pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
     state: dict[str, Any] = {"step": 0, "history": []}
@@ -159,18 +167,18 @@ def train_loop(config: dict[str, Any]) -> None:
             policy.load_state(Path(d))
         state["restores"] = state.get("restores", []) + [state["step"]]
         if rank == 0:
-            print(f"train: restored from the checkpoint of step {state['step']}", flush=True)
+            print(f"{stage}: restored from the checkpoint of step {state['step']}", flush=True)
     fault_step = config.get("fault_step", 0)
     writer = _tensorboard(config["log_dir"]) if rank == 0 else None
     hooks: list[Hook] = [memory.stop] if memory else []
     hooks += [writer] if writer else []
-    hooks += [ProgressHook(total, state["step"])] if rank == 0 else []
+    hooks += [ProgressHook(total, state["step"], stage=stage, objective=objective)] if rank == 0 else []
     if fault_step and restored is None and rank == world - 1:
         hooks.append(kill_after_step(fault_step))
     hooks.append(_checkpoint_hook(policy, cfg, rank, total))
     hooks += [memory.start] if memory else []
-    state = run_steps(policy, pairs, cfg, seed=config["seed"], rank=rank, world=world, total=total,
-                      pad_id=pad_id, state=state, hooks=hooks)
+    state = run_steps(policy, rows, cfg, seed=config["seed"], rank=rank, world=world, total=total,
+                      pad_id=pad_id, state=state, hooks=hooks, objective=objective)
     _report(policy, state, rank, final=True)
     if writer:
         writer.close()
@@ -179,7 +187,7 @@ def train_loop(config: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- driver side
 
 
-def worker_resources(cfg: TrainConfig, model_dir: Path) -> dict[str, float]:
+def worker_resources(cfg: TrainerConfig, model_dir: Path) -> dict[str, float]:
     """Ray resources of one training worker (a data-parallel rank): CPUs, GPUs, and the memory
     of its model states (``train.memory_gb_per_worker``, else :mod:`ttpa_ray.resources`)."""
     from ttpa_ray.models.registry import resolve_dtype
@@ -198,24 +206,34 @@ def worker_resources(cfg: TrainConfig, model_dir: Path) -> dict[str, float]:
 
 def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 0, resume: bool = False
               ) -> dict[str, Any]:
-    """Train; returns counts for the manifest. ``resume``: continue the run an interrupted
-    stage left (same Ray Train run name), else start a new one."""
+    """The ``train`` stage: DPO on the reference stage's pairs; returns counts for the manifest.
+    ``resume``: continue the run an interrupted stage left (same Ray Train run name)."""
+    table, counts = prepare_pairs(pairs, cfg)
+    return counts | fit("train", cfg, model, table, out, seed=seed, resume=resume)
+
+
+def fit(stage: str, cfg: TrainerConfig, model: str, table: pa.Table, out: Path, seed: int = 0,
+        resume: bool = False) -> dict[str, Any]:
+    """One Ray Train run of ``stage``'s objective (:data:`OBJECTIVES`) on ``table``'s rows, from
+    ``model``; writes ``out/model`` (an HF folder) and ``out/metrics.jsonl`` and returns counts.
+    ``resume``: continue the run an interrupted stage left (same Ray Train run name), else start
+    a new one."""
     from ttpa_ray.models.registry import resolve
 
     model_dir = resolve(model)
-    table, counts = prepare_pairs(pairs, cfg)
     out.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage_path or str((out / "ray").resolve())
     name_file = out / "run_name.txt"
     if not (resume and name_file.is_file()):
-        name_file.write_text(f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        name_file.write_text(f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
     name = name_file.read_text().strip()
     log_dir = out / "tensorboard"
     ray.data.DataContext.get_current().enable_progress_bars = False  # a tiny read per worker: no bars
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"train": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "seed": seed,
-                           "use_gpu": cfg.use_gpu, "threads": cfg.threads, "log_dir": str(log_dir.resolve()),
+        train_loop_config={"stage": stage, "cfg": cfg.model_dump(mode="json"), "model_dir": str(model_dir),
+                           "seed": seed, "use_gpu": cfg.use_gpu, "threads": cfg.threads,
+                           "log_dir": str(log_dir.resolve()),
                            "fault_step": int(os.environ.get(FAULT_ENV, "0") or 0),
                            "profile_memory_step": int(os.environ.get(PROFILE_ENV, "0") or 0)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -227,25 +245,26 @@ def run_train(cfg: TrainConfig, model: str, pairs: Path, out: Path, seed: int = 
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              logging_config=LoggingConfig(log_level="DEBUG" if verbose() else "WARNING")),
         datasets={"train": ray.data.from_arrow(table)},
-        dataset_config=DataConfig(datasets_to_split=[]),  # every rank sees all pairs (train_plan)
+        dataset_config=DataConfig(datasets_to_split=[]),  # every rank sees all rows (train_plan)
     )
     t0 = time.time()
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training ended without a checkpoint (Ray Train run {storage}/{name})")
+        raise RuntimeError(f"{stage} ended without a checkpoint (Ray Train run {storage}/{name})")
     with result.checkpoint.as_directory() as d:
         state = json.loads((Path(d) / STATE).read_text())
         if not state.get("final"):
-            raise RuntimeError(f"the last checkpoint of {storage}/{name} is not final: training did not finish")
+            raise RuntimeError(f"the last checkpoint of {storage}/{name} is not final: {stage} did not finish")
         shutil.rmtree(out / "model", ignore_errors=True)
         shutil.copytree(Path(d) / MODEL, out / "model")
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
         for row in state["history"]:
             f.write(json.dumps(row) + "\n")
     last = state["history"][-1] if state["history"] else {}
-    return {**counts, "steps": state["step"], "restores": state.get("restores", []), "final_loss": last.get("loss"),
-            "final_reward_accuracy": last.get("rewards/accuracies"), "model": str(out / "model"),
-            "train_seconds": round(time.time() - t0, 1), "run": f"{storage}/{name}",
+    accuracy = "rewards/accuracies" if stage == "train" else "mean_token_accuracy"
+    return {"steps": state["step"], "restores": state.get("restores", []), "final_loss": last.get("loss"),
+            f"final_{'reward_accuracy' if stage == 'train' else 'token_accuracy'}": last.get(accuracy),
+            "model": str(out / "model"), "train_seconds": round(time.time() - t0, 1), "run": f"{storage}/{name}",
             **{k: state[k] for k in ("peak_tensor_mb_per_rank", "step_start_tensor_mb_per_rank") if k in state}}
 
 
