@@ -17,6 +17,7 @@ from conftest import actor_nodes, actor_resources
 from ttpa_ray.train import plan
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.job import ConfigError, validate_job
+from ttpa_ray.train.reference import REFERENCE_INPUTS
 from ttpa_ray.synthetic import synthetic_pairs
 
 
@@ -144,6 +145,45 @@ def test_first_step_is_ln2_and_accumulation_1x8_equals_8x1(tiny_model, pairs_wit
         assert x["rewards/margins"] == pytest.approx(y["rewards/margins"], abs=1e-5)
     for name, w in wa.items():
         assert torch.allclose(w, wb[name], atol=1e-5), name
+
+
+def turn_pairs(turns: int, k: int, seed: int = 0) -> list[dict]:
+    """TPS-shaped pairs: ``turns`` prompts, each with one chosen and ``k`` rejected branching at
+    different tokens (consecutive ids per turn, as the sample stage writes them)."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for base in synthetic_pairs(turns, 500, seed=seed, shared=(4, 8), tail=(6, 10)):
+        chosen = base["chosen_token_ids"]
+        for j in range(k):
+            d = rng.randrange(0, len(chosen))
+            rejected = chosen[:d] + [rng.randrange(3, 500) for _ in range(rng.randint(1, 8))]
+            while rejected[d] == chosen[d]:
+                rejected[d] = rng.randrange(3, 500)
+            rows.append(base | {"id": len(rows), "rejected_token_ids": rejected, "divergence_index": d})
+    return rows
+
+
+@pytest.mark.slow
+def test_turn_packing_policy_equal_to_reference_ties_exactly(tiny_model, process_group, tmp_path):
+    """Reference and train pack each turn the same way: at step 1 (policy = reference) every
+    log-ratio is exactly 0, the loss exactly ln 2, and ties count as not accurate. Batches
+    count turns: one turn of 3 pairs per micro-batch."""
+    from ttpa_ray.train.reference import ReferenceBatch
+
+    rows = turn_pairs(4, 3)
+    ref = ReferenceBatch(str(tiny_model), "float32", prefix_weight=1.0, batch_size=4, packing="turn")
+    out = ref({k: [r[k] for r in rows] for k in REFERENCE_INPUTS})  # the whole batch, as Ray Data hands it
+    for r, c, j in zip(rows, out["ref_chosen_logps"], out["ref_rejected_logps"]):
+        r["ref_chosen_logps"], r["ref_rejected_logps"] = float(c), float(j)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    history, _, _ = _run_local(tiny_model, tmp_path / "pairs.parquet", 2, micro_batch_size=1,
+                               gradient_accumulation_steps=2, zero_stage=0, packing="turn")
+    first = history[0]
+    assert first["pairs"] == 6 and first["rewards/chosen"] == 0.0 and first["rewards/margins"] == 0.0
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-7) and first["rewards/accuracies"] == 0.0  # ties: not accurate
+    assert history[1]["rewards/margins"] > 0  # and then it learns
 
 
 @pytest.mark.slow

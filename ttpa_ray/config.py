@@ -436,6 +436,11 @@ class TrainConfig(TrainerConfig):
                                  "divergence token (shared by chosen and rejected); 0 = count only from it on.")
     pair_weights: Literal["none", "score_margin"] = Field(
         "none", description="score_margin: weight each pair by its ESM score margin (mean weight 1).")
+    packing: Literal["turn", "pair"] = Field(
+        "turn", description="turn: the pairs of a turn that share its prompt and chosen side are one packed row "
+        "[prompt | chosen | rejected_1 | ... | rejected_K] (train/group_forward.py), one forward per turn in "
+        "reference and train alike; micro_batch_size then counts turns. pair: one row per pair "
+        "(train/pair_forward.py); micro_batch_size counts pairs.")
 
 
 class EvaluateConfig(Section):

@@ -94,6 +94,10 @@ class SftObjective:
     columns = COLUMNS
     unit = "conversations"
 
+    @staticmethod
+    def units(rows: Any, cfg: Any) -> list[list[int]]:
+        return [[i] for i in range(rows.num_rows)]
+
     def __call__(self, policy: Any, rows: list[dict[str, Any]], cfg: Any, pad_id: int
                  ) -> tuple[Tensor, dict[str, float]]:
         batch = collate_sequences(rows, pad_id).to(policy.device)

@@ -49,7 +49,7 @@ from transformers import DynamicCache
 
 from ttpa_ray.train.pair_forward import PairLogps, collate_pairs
 
-__all__ = ["GroupBatch", "collate_groups", "group_logps", "group_pairs"]
+__all__ = ["GroupBatch", "collate_groups", "group_logps", "group_pairs", "turn_logps"]
 
 
 @dataclass
@@ -114,11 +114,13 @@ def _groups(rows: Sequence[Mapping[str, Any]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def group_pairs(rows: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+def group_pairs(rows: Sequence[Mapping[str, Any]], validate: bool = True) -> list[list[int]]:
     """Indices of the rows of each group (same ``prompt_token_ids`` and ``chosen_token_ids``):
     groups in order of their first row, rows in input order. Raises ValueError like
-    :func:`collate_pairs` for bad rows."""
-    _validate(rows, "group_pairs")
+    :func:`collate_pairs` for bad rows (``validate=False``: the training plan groups a whole
+    table; each micro-batch is validated when it is collated)."""
+    if validate:
+        _validate(rows, "group_pairs")
     return _groups(rows)
 
 
@@ -244,3 +246,22 @@ def group_logps(model: torch.nn.Module, batch: GroupBatch, prefix_weight: float 
     df = d.to(dtype)
     return PairLogps(chosen, rejected, prefix_weight * df + (batch.chosen_lens - d).to(dtype),
                      prefix_weight * df + (batch.rejected_lens - d).to(dtype))
+
+
+def turn_logps(model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], pad_token_id: int,
+               prefix_weight: float = 1.0) -> PairLogps:
+    """:func:`group_logps` one group at a time (each group its own unpadded row), results in
+    input row order. The train and reference stages both call this on the same groups, so a
+    policy equal to its reference gives bit-identical log-probs (a margin of exactly 0)."""
+    parts, order = [], []
+    for idx in group_pairs(rows):
+        parts.append(group_logps(model, collate_groups([rows[i] for i in idx], pad_token_id).to(
+            model.get_input_embeddings().weight.device), prefix_weight))
+        order += idx
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+
+    def gather(name: str) -> Tensor:
+        return torch.cat([getattr(p, name) for p in parts])[inverse.to(parts[0].chosen.device)]
+
+    return PairLogps(gather("chosen"), gather("rejected"), gather("chosen_tokens"), gather("rejected_tokens"))

@@ -33,6 +33,7 @@ from ttpa_ray.config import TrainConfig
 from ttpa_ray.train import plan
 from ttpa_ray.train.losses import dpo_loss, sft_loss
 from ttpa_ray.train.memory_profile import TensorMemoryProfile
+from ttpa_ray.train.group_forward import group_pairs, turn_logps
 from ttpa_ray.train.pair_forward import collate_pairs, pair_logps
 
 log = logging.getLogger(__name__)
@@ -111,13 +112,19 @@ class Objective(Protocol):
     def progress(self, row: dict[str, Any]) -> str:
         """The objective's part of the progress line."""
 
+    def units(self, rows: pa.Table, cfg: Any) -> list[list[int]]:
+        """The rows that travel together (the plan shuffles and batches these units)."""
+
 
 def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(per-pair losses (B,), chosen rewards (B,), rejected rewards (B,), the objective to
     backpropagate, tokens) of one micro-batch of pairs."""
-    batch = collate_pairs(rows, pad_token_id=pad_id).to(policy.device)
-    lp = pair_logps(policy.module, batch, prefix_weight=cfg.prefix_weight)
+    if cfg.packing == "turn":
+        lp = turn_logps(policy.module, rows, pad_id, prefix_weight=cfg.prefix_weight)
+    else:
+        lp = pair_logps(policy.module, collate_pairs(rows, pad_token_id=pad_id).to(policy.device),
+                        prefix_weight=cfg.prefix_weight)
     ref_c = torch.tensor([r["ref_chosen_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
     ref_r = torch.tensor([r["ref_rejected_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
     pc, pr = lp.chosen, lp.rejected
@@ -141,6 +148,13 @@ class DpoObjective:
 
     columns = tuple(COLUMNS)
     unit = "pairs"
+
+    @staticmethod
+    def units(rows: pa.Table, cfg: Any) -> list[list[int]]:
+        """``packing: turn``: the pairs of each turn (same prompt and chosen side); else each pair."""
+        if cfg.packing != "turn":
+            return [[i] for i in range(rows.num_rows)]
+        return group_pairs(rows.select(["prompt_token_ids", "chosen_token_ids"]).to_pylist(), validate=False)
 
     def __call__(self, policy: Any, rows: list[dict[str, Any]], cfg: Any, pad_id: int
                  ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -167,16 +181,18 @@ def run_steps(policy: Any, rows: pa.Table, cfg: Any, *, seed: int, rank: int, wo
     DPO on pairs); ``hooks`` run after every step, in order. Needs only an initialised process
     group."""
     objective = objective or DpoObjective()
+    units = objective.units(rows, cfg)
     size = plan.global_batch_size(cfg.micro_batch_size, cfg.gradient_accumulation_steps, world)
-    per_epoch = plan.steps_per_epoch(len(rows), size)
+    per_epoch = plan.steps_per_epoch(len(units), size)
     policy.train()
     while state["step"] < total:
         step = state["step"]
         epoch, in_epoch = divmod(step, per_epoch)
-        batch = plan.global_batch(plan.epoch_order(len(rows), seed, epoch), in_epoch, size)
+        batch = plan.global_batch(plan.epoch_order(len(units), seed, epoch), in_epoch, size)
         metrics, t0, lr = StepMetrics(), time.perf_counter(), policy.lr
         for micro in plan.rank_micro_batches(batch, rank, world, cfg.micro_batch_size):
-            loss, sums = objective(policy, rows.take(micro).to_pylist(), cfg, pad_id)
+            rows_micro = [i for u in micro for i in units[u]]
+            loss, sums = objective(policy, rows.take(rows_micro).to_pylist(), cfg, pad_id)
             policy.backward(loss)
             policy.step()
             metrics.add(sums)

@@ -2,7 +2,8 @@
 :func:`ttpa_ray.train.stage.run_reference`).
 
 :class:`ReferenceBatch` holds the starting model (the DPO reference) in transformers; the
-shared-prefix forward (:mod:`ttpa_ray.train.pair_forward`) gives ``ref_chosen_logps`` and
+forward train uses (``train.packing``: one packed row per turn, :mod:`ttpa_ray.train.group_forward`,
+or per pair, :mod:`ttpa_ray.train.pair_forward`) gives ``ref_chosen_logps`` and
 ``ref_rejected_logps`` (sums over completion tokens, with ``train.prefix_weight``). A pair that
 cannot be scored (too long for memory, bad token ids) gets ``ref_error`` and NaN log-probs:
 counted, kept, and left out of training.
@@ -24,7 +25,7 @@ class ReferenceBatch:
     """Ray Data callable class: pair columns in, ``ref_chosen_logps``, ``ref_rejected_logps``,
     ``ref_error`` out."""
 
-    def __init__(self, model_dir: str, dtype: str, prefix_weight: float, batch_size: int):
+    def __init__(self, model_dir: str, dtype: str, prefix_weight: float, batch_size: int, packing: str = "turn"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -33,14 +34,19 @@ class ReferenceBatch:
         self.pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
         self.prefix_weight = prefix_weight
         self.batch_size = batch_size
+        self.packing = packing
 
     def logps(self, rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
         import torch
 
+        from ttpa_ray.train.group_forward import turn_logps
         from ttpa_ray.train.pair_forward import collate_pairs, pair_logps
 
         with torch.no_grad():
-            lp = pair_logps(self.model, collate_pairs(rows, self.pad_id).to(self.device), self.prefix_weight)
+            if self.packing == "turn":
+                lp = turn_logps(self.model, rows, self.pad_id, self.prefix_weight)
+            else:
+                lp = pair_logps(self.model, collate_pairs(rows, self.pad_id).to(self.device), self.prefix_weight)
         return list(zip(lp.chosen.double().tolist(), lp.rejected.double().tolist()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -48,8 +54,13 @@ class ReferenceBatch:
         rows = [{k: (batch[k][i].tolist() if hasattr(batch[k][i], "tolist") else batch[k][i]) for k in REFERENCE_INPUTS}
                 for i in range(n)]
         chosen, rejected, errors = [math.nan] * n, [math.nan] * n, [None] * n
-        for start in range(0, n, self.batch_size):
-            part = list(range(start, min(n, start + self.batch_size)))
+        if self.packing == "turn":  # one forward per turn's group, as train runs it
+            from ttpa_ray.train.group_forward import group_pairs
+
+            parts = group_pairs(rows, validate=False)
+        else:
+            parts = [list(range(s, min(n, s + self.batch_size))) for s in range(0, n, self.batch_size)]
+        for part in parts:
             try:
                 results = self.logps([rows[i] for i in part])
             except Exception:  # noqa: BLE001 - retry one by one: a bad pair must not take its batch down

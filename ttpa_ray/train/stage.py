@@ -48,6 +48,7 @@ from ttpa_ray.columns import none_if_nan
 from ttpa_ray.config import ReferenceConfig, SftConfig, TrainConfig, TrainerConfig
 from ttpa_ray.console import collect, quiet_train_worker, verbose
 from ttpa_ray.train import plan
+from ttpa_ray.train.group_forward import group_pairs
 from ttpa_ray.sft.objective import SftObjective
 from ttpa_ray.train.loop import (DpoObjective, Hook, MemoryStepProfile, Objective, ProgressHook, TensorBoardHook,
                                  kill_after_step, prepare_pairs, run_steps)
@@ -143,7 +144,7 @@ def train_loop(config: dict[str, Any]) -> None:
     quiet_train_worker()
     rows = _load_rows()
     size = plan.global_batch_size(cfg.micro_batch_size, cfg.gradient_accumulation_steps, world)
-    total = plan.total_steps(len(rows), size, cfg.epochs, cfg.max_steps)
+    total = plan.total_steps(len(objective.units(rows, cfg)), size, cfg.epochs, cfg.max_steps)
     model_dir = Path(config["model_dir"])
     pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
     state: dict[str, Any] = {"step": 0, "history": []}
@@ -271,8 +272,20 @@ def fit(stage: str, cfg: TrainerConfig, model: str, table: pa.Table, out: Path, 
 # --------------------------------------------------------------------------- the reference stage
 
 
-def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: float, pairs: Path, out: Path
-                  ) -> dict[str, Any]:
+def turn_blocks(table: pa.Table, size: int) -> list[pa.Table]:
+    """``table``'s pairs cut into blocks of about ``size`` pairs that never split a turn's group."""
+    groups = group_pairs(table.select(["prompt_token_ids", "chosen_token_ids"]).to_pylist(), validate=False)
+    blocks, current = [], []
+    for g in groups:
+        current += g
+        if len(current) >= size:
+            blocks.append(table.take(current))
+            current = []
+    return blocks + ([table.take(current)] if current else [])
+
+
+def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: float, pairs: Path, out: Path,
+                  packing: str = "turn") -> dict[str, Any]:
     """The ``reference`` stage: ``pairs`` (``sample/pairs.parquet``) on a pool of
     :class:`~ttpa_ray.train.reference.ReferenceBatch` actors, written to ``out/pairs.parquet``
     with every sample column kept and ``ref_chosen_logps``, ``ref_rejected_logps``, ``ref_error``
@@ -294,12 +307,17 @@ def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: f
     missing = [c for c in REFERENCE_INPUTS if c not in table.column_names]
     if missing:
         raise ValueError(f"{pairs} lacks columns {missing}: it must come from the sample stage")
-    ds = ray.data.from_arrow(table).repartition(max(1, table.num_rows // cfg.pool.batch_size))
+    kwargs = pool_kwargs(cfg.pool, reference_memory_bytes(parameter_count(model_dir), dtype,
+                                                          use_gpu=cfg.pool.num_gpus > 0))
+    if packing == "turn":  # whole turns per block and per call: the groups train will form
+        ds = ray.data.from_arrow(turn_blocks(table, cfg.pool.batch_size))
+        kwargs["batch_size"] = None
+    else:
+        ds = ray.data.from_arrow(table).repartition(max(1, table.num_rows // cfg.pool.batch_size))
     ds = ds.map_batches(ReferenceBatch, fn_constructor_kwargs={"model_dir": str(model_dir), "dtype": dtype,
                                                                "prefix_weight": prefix_weight,
-                                                               "batch_size": cfg.batch_size},
-                        **pool_kwargs(cfg.pool, reference_memory_bytes(parameter_count(model_dir), dtype,
-                                                                       use_gpu=cfg.pool.num_gpus > 0)))
+                                                               "batch_size": cfg.batch_size, "packing": packing},
+                        **kwargs)
     rows = sorted(collect(ds.iter_rows(), "reference", table.num_rows), key=lambda r: r["id"])
     for r in rows:
         err = r["ref_error"]
