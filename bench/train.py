@@ -26,6 +26,8 @@ Cases: ``short`` (tiny-random, synthetic pairs, 30-60-token prompts, batch 8), `
 (SmolLM2-135M, TPS-like tool-call pairs: prompt = bundled tool schemas + a query through the
 chat template, >= 500 tokens; chosen = gold ``<tool_call>`` + eos; rejected = the same call with
 one argument value changed, so it shares the prefix up to ``divergence_index``; batch 2),
+``turns`` (SmolLM2, 2 such prompts with 3 rejected each, 6 pairs per step: seconds per pair of
+``train.packing: turn`` vs ``pair`` vs TRL, and the reference log-probs of both packings),
 ``memory`` (SmolLM2, 2 Ray Train workers, ZeRO-0 vs ZeRO-3 through ``run_train``, fp32 and
 bf16: the peak bytes of live tensors per rank during the last step (parameters, gradients,
 optimizer states and activations it touches), the CPU
@@ -59,8 +61,10 @@ LR = 5e-5  # large enough that the per-step losses of both trainers move (and ca
 CASES = {
     "short": {"model": "tiny-random", "batch": 8, "warmup": 2, "steps": 20, "quick_steps": 4},
     "long": {"model": "smollm2-135m-instruct", "batch": 2, "warmup": 1, "steps": 3, "quick_steps": 2},
+    # Demo-shaped turns: 2 turns x 3 rejected = 6 pairs per step on every side.
+    "turns": {"model": "smollm2-135m-instruct", "turns": 2, "k": 3, "warmup": 1, "steps": 3, "quick_steps": 2},
 }
-GOALS = {"short": 1.0, "long": 1.8, "memory": 0.6}
+GOALS = {"short": 1.0, "long": 1.8, "turns": 2.0, "memory": 0.6}
 
 
 # --------------------------------------------------------------------------- pairs
@@ -126,6 +130,31 @@ def long_pairs(model_dir: Path, n: int, prompt_tokens: tuple[int, int] = (500, 7
     return rows
 
 
+def turn_pairs(model_dir: Path, turns: int, k: int) -> list[dict[str, Any]]:
+    """TPS-shaped turns: each of ``turns`` :func:`long_pairs` prompts keeps its chosen call and
+    gets ``k`` rejected ones, each with a different argument value changed in turn (the first,
+    the second, ...), so they branch from the chosen side at different tokens. Pairs of a turn
+    have consecutive ids, as the sample stage writes them."""
+    from transformers import AutoTokenizer
+
+    from ttpa_ray.sample.tps import first_difference
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows: list[dict[str, Any]] = []
+    for base in long_pairs(model_dir, turns):
+        call = json.loads(tok.decode(base["chosen_token_ids"][:-1]).split("<tool_call>\n")[1].split("\n</tool_call>")[0])
+        keys = list(call["arguments"])
+        for j in range(k):
+            args = dict(call["arguments"])
+            key = keys[j % len(keys)]
+            args[key] = _perturb(args[key]) if j < len(keys) else _perturb(_perturb(args[key]))
+            body = json.dumps({"name": call["name"], "arguments": args})
+            rejected = tok(f"<tool_call>\n{body}\n</tool_call>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            rows.append(base | {"id": len(rows), "rejected_token_ids": rejected,
+                                "divergence_index": first_difference(base["chosen_token_ids"], rejected)})
+    return rows
+
+
 def pair_tokens(rows: list[dict[str, Any]]) -> int:
     """Distinct tokens of a batch (prompt + chosen + rejected), the same data on every side."""
     return sum(len(r["prompt_token_ids"]) + len(r["chosen_token_ids"]) + len(r["rejected_token_ids"]) for r in rows)
@@ -180,14 +209,18 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
     model_dir = resolve(spec["model"])
     rows, B, warmup, steps = spec["pairs"], spec["batch"], spec["warmup"], spec["steps"]
+    packing = spec.get("packing", "pair")  # B counts turns with turn packing, else pairs
 
     # Reference pass (our reference stage's forward), timed per pair: warm-up on one pair, median of 2.
-    ref = ReferenceBatch(str(model_dir), "float32", prefix_weight=1.0, batch_size=B)
+    ref = ReferenceBatch(str(model_dir), "float32", prefix_weight=1.0, batch_size=B, packing=packing)
     ref.logps(rows[:1])
     ref_times, ref_start = [], time.time()
     for _ in range(2):
         t0 = time.perf_counter()
-        logps = [lp for s in range(0, len(rows), B) for lp in ref.logps(rows[s:s + B])]
+        if packing == "turn":  # the whole data set: one forward per turn
+            logps = ref.logps(rows)
+        else:
+            logps = [lp for s in range(0, len(rows), B) for lp in ref.logps(rows[s:s + B])]
         ref_times.append(time.perf_counter() - t0)
     ref_window = [ref_start, time.time()]
     del ref
@@ -202,7 +235,8 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     deepspeed.init_distributed(dist_backend="gloo")
     cfg = TrainConfig(zero_stage=0, micro_batch_size=B, gradient_accumulation_steps=1, learning_rate=LR,
                       lr_scheduler="constant", warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, beta=BETA,
-                      loss_type="sigmoid", dtype="float32", prefix_weight=1.0, max_steps=steps, epochs=steps)
+                      loss_type="sigmoid", dtype="float32", prefix_weight=1.0, max_steps=steps, epochs=steps,
+                      packing=packing)
     table = pa.Table.from_pylist(rows).select(COLUMNS)
     pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
     policy = create_policy(model_dir, cfg, world=1, total_steps=steps, use_gpu=False)
@@ -502,6 +536,41 @@ def _compare(ours: dict[str, Any], trl: dict[str, Any], trl_pre: dict[str, Any] 
     return out
 
 
+def _turns_case(quick: bool, tmp: Path) -> dict[str, Any]:
+    """Seconds per pair on demo-shaped turns: turn packing vs pair packing vs TRL (its
+    precomputed-reference mode and its default), every side on the same 6 pairs per step."""
+    from ttpa_ray.models.registry import resolve
+
+    c = CASES["turns"]
+    steps = c["warmup"] + (c["quick_steps"] if quick else c["steps"])
+    rows = turn_pairs(resolve(c["model"]), c["turns"], c["k"])
+    n = len(rows)
+    specs = {"ours_turn": ("ours", {"packing": "turn", "batch": c["turns"]}),
+             "ours_pair": ("ours", {"packing": "pair", "batch": n}),
+             "trl_precompute": ("trl_precompute", {"batch": n}), "trl": ("trl", {"batch": n})}
+    sides = {}
+    for side, (kind, extra) in specs.items():
+        spec = {"model": c["model"], "warmup": c["warmup"], "steps": steps, "pairs": rows} | extra
+        sides[side] = _run_measured(kind, spec, tmp)
+    per_pair = {k: v["seconds_per_step"] / n for k, v in sides.items()}
+    speedup = {f"ours_turn_over_{k}": v / per_pair["ours_turn"] for k, v in per_pair.items() if k != "ours_turn"}
+    diffs = [abs(a - b) for x, y in zip(sides["ours_turn"]["ref_logps"], sides["ours_pair"]["ref_logps"])
+             for a, b in zip(x, y)]
+    return {"model": c["model"], "turns": c["turns"], "rejected_per_turn": c["k"], "pairs_per_step": n,
+            "prompt_tokens": [len(r["prompt_token_ids"]) for r in rows[::c["k"]]],
+            "distinct_tokens_per_step": pair_tokens(rows),
+            "seconds_per_pair": per_pair, "speedup": speedup, "goal_speedup_over_pair": GOALS["turns"],
+            "goal_met": speedup["ours_turn_over_ours_pair"] >= GOALS["turns"],
+            "reference_seconds_per_pair": {k: sides[k]["reference_pass_seconds_per_pair"]
+                                           for k in ("ours_turn", "ours_pair")},
+            "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in sides.items()},
+            "other_cpu_cores_measured_steps": {k: v["other_cpu_cores_measured_steps"] for k, v in sides.items()},
+            "correctness": {"ref_logps_turn_vs_pair_max_abs_diff": max(diffs),
+                            "loss_max_abs_diff_turn_vs_pair": max(abs(a - b) for a, b in zip(
+                                sides["ours_turn"]["losses"], sides["ours_pair"]["losses"]))},
+            "sides": {k: {kk: vv for kk, vv in v.items() if kk != "ref_logps"} for k, v in sides.items()}}
+
+
 def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
     from ttpa_ray.models.registry import resolve
 
@@ -603,6 +672,18 @@ def _table(report: dict[str, Any]) -> str:
                      f"rejected {cor['step1_logps_rejected']['abs_diff']:.2e}; per-pair ref "
                      f"{cor.get('per_pair_ref_logps_max_abs_diff', float('nan')):.2e}; loss/step "
                      f"{cor['loss_max_abs_diff_per_step']:.2e}")
+    turns = report["cases"].get("turns")
+    if turns:
+        for side, v in turns["seconds_per_pair"].items():
+            sp = turns["speedup"].get(f"ours_turn_over_{side}")
+            lines.append(f"{'turns':<7} {side:<16} {v:>8.3f} s/pair {'' if sp is None else f'{sp:.2f}x':>8} "
+                         f"{turns['other_cpu_cores_measured_steps'][side] or 0.0:>7.2f}  peak RSS "
+                         f"{turns['peak_rss_mb'][side]:.0f} MB")
+        lines.append(f"{'':<7} turn vs pair: ref logps max |diff| "
+                     f"{turns['correctness']['ref_logps_turn_vs_pair_max_abs_diff']:.2e}, loss/step "
+                     f"{turns['correctness']['loss_max_abs_diff_turn_vs_pair']:.2e}; goal >= "
+                     f"{turns['goal_speedup_over_pair']}x over pair packing: "
+                     f"{'met' if turns['goal_met'] else 'NOT met'}")
     for case in ("memory", "memory_short", "memory_ckpt"):
         mem = report["cases"].get(case) or {}
         for dtype, m in mem.get("by_dtype", {}).items():
@@ -619,8 +700,8 @@ def main() -> None:
     global MAX_WAIT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer measured steps (a smoke run of the bench)")
-    ap.add_argument("--cases", default="short,long,memory,memory_short,memory_ckpt",
-                    help="comma-separated subset of short,long,memory,memory_short,memory_ckpt")
+    ap.add_argument("--cases", default="short,long,turns,memory,memory_short,memory_ckpt",
+                    help="comma-separated subset of short,long,turns,memory,memory_short,memory_ckpt")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     ap.add_argument("--max-wait", type=float, default=MAX_WAIT,
                     help="seconds to wait for other processes to go idle before each measurement")
@@ -669,6 +750,8 @@ def main() -> None:
                 report["cases"][name] = _memory_case(args.quick, Path(tmp), prompt_tokens=64)
             elif name == "memory_ckpt":
                 report["cases"][name] = _memory_case(args.quick, Path(tmp), gradient_checkpointing=True)
+            elif name == "turns":
+                report["cases"][name] = _turns_case(args.quick, Path(tmp))
             else:
                 report["cases"][name] = _speed_case(name, args.quick, Path(tmp))
     report["total_seconds"] = round(time.perf_counter() - t0, 1)

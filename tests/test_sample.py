@@ -215,12 +215,13 @@ def test_trl_export_runs_one_dpo_step(tps_run, tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_nsample_mode(smollm2, ray_local, tmp_path):
+def test_nsample_mode(tiny_model, ray_local, tmp_path):
     from ttpa_ray.sample.stage import run_sample
 
-    target = EngineConfig(backend="vllm", model="smollm2-135m-instruct", dtype="float32", max_model_len=4096,
+    # tiny-random samples fast and always differs from gold: the mode's mechanics, not its pairs' content.
+    target = EngineConfig(backend="vllm", model="tiny-random", dtype="float32", max_model_len=2048,
                           pool={"min_actors": 1, "max_actors": 1, "num_cpus": 1, "batch_size": 8})
-    cfg = SampleConfig(mode="nsample", n_samples=4, max_tokens=64)
+    cfg = SampleConfig(mode="nsample", n_samples=4, max_tokens=32)
     counts = run_sample(cfg, target, ScoreConfig(), _instances(tmp_path / "i.parquet", n=3, no_call=True),
                         tmp_path / "o", seed=0)
     assert counts["turns"] == 5 and counts["no_call_turns"] == 1 and counts["turn_errors"] == 0, counts
