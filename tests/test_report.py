@@ -2,8 +2,9 @@
 the tables hold the numbers the stages wrote, the PNGs are real images, the HTML is
 self-contained, missing stages become "not run" notes (and counts an older run lacks "not
 recorded" ones), the data card shows one constructed instance per kind, variants sit beside
-the main run, and the page renders in headless Chromium (every image loaded, the data card
-inside the page, a non-blank screenshot).
+the main run, the pairs section shows TPS branches per decision kind and pair examples (the
+divergence token highlighted, the text escaped), and the page renders in headless Chromium
+(every image loaded, the data card and the pair examples inside the page, a non-blank screenshot).
 
 No Ray: the evaluate metrics are made by the real pure functions of
 :mod:`ttpa_ray.evaluate.metrics` from fabricated scored rows, like the evaluate stage does.
@@ -12,8 +13,10 @@ No Ray: the evaluate metrics are made by the real pure functions of
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -62,15 +65,36 @@ def _metrics(model: str, simple_valid: int, irrelevance_valid: int, passed: int)
             "held_out": {"overall": em.category_metrics(held)}, "pass_rate": em.pass_rate_metrics(episodes)}
 
 
-def _pairs(path: Path, chosen: list[float], rejected: list[float]) -> None:
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+# (branch kind, chosen text, its ESM codes, rejected text, its codes) of the fabricated pairs, in id
+# order: the chosen side is CALL (the gold) but in pair 3, a sampled candidate (the released rule).
+PAIRS = [("call-or-not", CALL, [], "I can't check <the weather> & won't call a tool.", ["missing_call"]),
+         ("name", CALL, [], CALL.replace("get_weather", "convert_units"), ["wrong_func_name"]),
+         ("value", CALL, [], CALL.replace("Rome", "Paris"), ["value_error"]),
+         ("value", CALL.replace("Rome", "rome"), ["value_error"], CALL.replace('"Rome"', "42"), ["type_error"]),
+         ("key", CALL, [], CALL.replace("city", "town"), ["missing_required", "unexpected_param"])]
+BRANCHES_BY_KIND = {"call-or-not": 2, "key": 1, "name": 1, "value": 2}  # as the sample stage counts
+PAIRS_BY_KIND = {"call-or-not": 1, "key": 1, "name": 1, "value": 2}
+
+
+def _pairs(path: Path, chosen: list[float], rejected: list[float], kinds: bool = True) -> None:
+    """pairs.parquet as the sample stage writes it, one row per ``PAIRS`` entry (``chosen`` and
+    ``rejected``: the ESM scores). Token ids are the characters' code points, so the divergence
+    token is the first character that differs. ``kinds`` False: an older file, without ``branch_kind``."""
     n = len(chosen)
-    pq.write_table(pa.table({
-        "id": list(range(n)), "instance_id": [0] * n, "turn_index": [1] * n, "prompt": ["[]"] * n,
-        "tools": ["[]"] * n, "prompt_token_ids": [[1, 2]] * n, "chosen": ["<tool_call>a"] * n,
-        "rejected": ["<tool_call>b"] * n, "chosen_token_ids": [[3]] * n, "rejected_token_ids": [[4]] * n,
-        "chosen_score": chosen, "rejected_score": rejected, "chosen_errors": [[]] * n,
-        "rejected_errors": [["value_error"]] * n, "divergence_index": [6] * n,
-        "chosen_is_gold": [c == 1.0 for c in chosen], "mode": ["tps"] * n}), path)
+    rows = PAIRS[:n]
+    ids = [[ord(c) for c in r[1]] for r in rows], [[ord(c) for c in r[3]] for r in rows]
+    columns = {
+        "id": list(range(n)), "instance_id": [k // 2 for k in range(n)], "turn_index": [1] * n, "prompt": ["[]"] * n,
+        "tools": ["[]"] * n, "prompt_token_ids": [[1, 2]] * n, "chosen": [r[1] for r in rows],
+        "rejected": [r[3] for r in rows], "chosen_token_ids": ids[0], "rejected_token_ids": ids[1],
+        "chosen_score": chosen, "rejected_score": rejected, "chosen_errors": [r[2] for r in rows],
+        "rejected_errors": [r[4] for r in rows],
+        "divergence_index": [next(i for i, (a, b) in enumerate(zip(c, r)) if a != b) for c, r in zip(*ids)],
+        "chosen_is_gold": [c == 1.0 for c in chosen], "branch_kind": [r[0] for r in rows], "mode": ["tps"] * n}
+    if not kinds:
+        del columns["branch_kind"]
+    pq.write_table(pa.table(columns), path)
 
 
 def _call(name: str, **arguments: Any) -> dict[str, Any]:
@@ -152,7 +176,8 @@ def make_run(root: Path, name: str = "fake", train: bool = True, evaluate: bool 
         train = False  # the pipeline runs sample -> train in each variant
     else:
         _manifest(run, "sample", 29.2, turns=3, candidates=6, pairs=5, held_out_instances=1, turn_errors=0,
-                  no_candidate=0, no_rejected=1, gold_not_valid=0, tokens_per_candidate=74.5)
+                  no_candidate=0, no_rejected=1, gold_not_valid=0, tokens_per_candidate=74.5,
+                  branches_by_kind=BRANCHES_BY_KIND, pairs_by_kind=PAIRS_BY_KIND)
         _pairs(run / "sample" / "pairs.parquet", [1.0, 1.0, 1.0, 0.9, 1.0], [0.0, 0.55, 0.8, 0.27, 0.0])
     if train:
         _manifest(run, "reference", 18.4, pairs=5, ref_errors=0)
@@ -358,6 +383,88 @@ def test_job_variants_are_shown_beside_the_base(tmp_path: Path):
         write_report(parent, variants={"tps": parent / "variants" / "tps"})
 
 
+def test_pairs_section_branches_per_kind_and_examples(tmp_path: Path):
+    from ttpa_ray.report.build import build_report
+
+    report = build_report(read_run(make_run(tmp_path, evaluate=False)))
+    assert report.tables()["TPS branches by decision kind"].rows == [  # the paper's order, then a total
+        ["trained", "name", "1", "1", "1.000"], ["trained", "key", "1", "1", "1.000"],
+        ["trained", "value", "2", "2", "1.000"], ["trained", "call-or-not", "2", "1", "0.500"],
+        ["trained", "total", "6", "5", "0.833"]]
+    examples = report.pair_examples()  # the first of each kind, then the second of each
+    assert [(e.kind, e.pair_id) for e in examples] == [("name", 1), ("key", 4), ("value", 2), ("call-or-not", 0),
+                                                       ("value", 3)]
+    shown = {e.pair_id: e for e in examples}
+    for i, (_, chosen, chosen_codes, rejected, rejected_codes) in enumerate(PAIRS):
+        e = shown[i]
+        assert e.shared == os.path.commonprefix([chosen, rejected])
+        assert e.divergence_index == len(e.shared)  # the fixture's tokens are characters
+        assert e.shared + e.chosen.divergence + e.chosen.rest == chosen
+        assert e.shared + e.rejected.divergence + e.rejected.rest == rejected
+        assert (e.chosen.errors, e.rejected.errors) == (chosen_codes, rejected_codes)
+    assert [(shown[i].chosen.divergence, shown[i].rejected.divergence) for i in range(5)] == [
+        ("<", "I"), ("get", "convert"), ("Rome", "Paris"), ('"', "42"), ("city", "town")]
+    assert (shown[3].chosen.score, shown[3].rejected.score, shown[3].chosen_is_gold) == (0.9, 0.27, False)
+    assert (shown[0].instance_id, shown[0].turn_index, shown[0].chosen_is_gold) == (0, 1, True)
+
+
+def test_pair_examples_in_html_and_markdown(tmp_path: Path):
+    run = make_run(tmp_path, train=False, evaluate=False)
+    write_report(run)
+    page = (run / "report" / "report.html").read_text()
+    sides = re.findall(r'<div class="side (chosen|rejected)">.*?<pre class="completion">(.*?)<mark>(.*?)</mark>'
+                       r"(.*?)</pre>", page, flags=re.S)
+    assert len(sides) == 2 * len(PAIRS)
+    texts = {(i, name): t for i, (_, c, _, r, _) in enumerate(PAIRS) for name, t in (("chosen", c), ("rejected", r))}
+    order = [1, 4, 2, 0, 3]  # the examples' pair ids
+    for k, (name, before, mark, after) in enumerate(sides):
+        full = texts[(order[k // 2], name)]
+        other = texts[(order[k // 2], "rejected" if name == "chosen" else "chosen")]
+        assert html.unescape(before) == os.path.commonprefix([full, other])  # the shared part, plain
+        assert html.unescape(before + mark + after) == full
+    assert sides[4][2:] == ("Rome", '"}}\n&lt;/tool_call&gt;')  # value: chosen Rome vs rejected Paris
+    assert sides[5][2] == "Paris"
+    assert "<tool_call>" not in page and "&lt;tool_call&gt;" in page  # the pairs' text is escaped
+    assert "<mark>I</mark> can't check &lt;the weather&gt; &amp; won't call a tool.</pre>" in page
+    assert "<b>rejected</b> · ESM 0.000 · errors: <code>missing_required</code> <code>unexpected_param</code>" in page
+    assert "<b>chosen</b> · ESM 1.000 · errors: none" in page
+    assert "pair 3 · instance 1, turn 1 · divergence token #58 · chosen is a sampled candidate" in page
+    md = (run / "report" / "report.md").read_text()
+    assert "| trained | call-or-not | 2 | 1 | 0.500 |" in md and "| trained | total | 6 | 5 | 0.833 |" in md
+    assert "**value** (pair 2 · instance 1, turn 1 · divergence token #59 · chosen is the gold)" in md
+    assert "```text\n[[I]] can't check <the weather> & won't call a tool.\n```" in md  # raw in a code block
+    assert '{"name": "get_weather", "arguments": {"city": "[[Paris]]"}}' in md
+    assert "- **rejected**: ESM 0.270, errors: type_error" in md
+
+
+def test_older_or_empty_pairs_give_notes(tmp_path: Path):
+    run = make_run(tmp_path, train=False, evaluate=False)
+    manifest = run / "sample" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({k: v for k, v in m.items() if not k.endswith("_by_kind")}))
+    _pairs(run / "sample" / "pairs.parquet", [1.0, 1.0, 1.0], [0.0, 0.5, 0.8], kinds=False)  # no branch_kind
+    counts = write_report(run)
+    md = (run / "report" / "report.md").read_text()
+    assert ("sample (trained): branches and pairs per decision kind not recorded (an older run: the sample "
+            "manifest has no branches_by_kind / pairs_by_kind)") in md
+    assert "TPS branches by decision kind" not in md and counts["notes"] == 3  # and train, evaluate disabled
+    assert md.count("**not recorded** (pair ") == 3 and "[[Paris]]" in md  # examples still shown, in id order
+    # Scores only (no text columns): statistics, no examples.
+    pq.write_table(pa.table({"id": [0], "chosen_score": [1.0], "rejected_score": [0.0]}),
+                   run / "sample" / "pairs.parquet")
+    write_report(run)
+    md = (run / "report" / "report.md").read_text()
+    assert "sample (trained): no pair examples (pairs.parquet has no chosen/rejected text)" in md
+    assert "| trained | 1 |" in md
+    # No pairs at all (an empty file has only an id column) and no branches.
+    pq.write_table(pa.table({"id": pa.array([], pa.int64())}), run / "sample" / "pairs.parquet")
+    manifest.write_text(json.dumps(m | {"pairs": 0, "branches_by_kind": {}, "pairs_by_kind": {}}))
+    write_report(run)
+    md = (run / "report" / "report.md").read_text()
+    assert "sample (trained): no preference pairs" in md and "sample (trained): no branches (no candidate" in md
+    assert "Pair examples" not in md and "Pair statistics" not in md
+
+
 def test_report_stage_and_cli(tmp_path: Path, capsys):
     from ttpa_ray.cli import main
 
@@ -402,8 +509,8 @@ def _chromium_driver(profile: Path):
 
 def screenshot_report(html_path: Path, png_path: Path, profile: Path) -> dict[str, Any]:
     """Open the page in headless Chromium, read its images' load state, and save a full-page
-    screenshot; returns what the page showed (title, h2 texts, images, data card texts, and
-    how many data card boxes overflow)."""
+    screenshot; returns what the page showed (title, h2 texts, images, data card texts, pair
+    boxes (text, highlighted tokens, side boxes), and how many card boxes overflow)."""
     browser = _chromium_driver(profile)
     try:
         browser.get(html_path.resolve().as_uri())
@@ -411,9 +518,15 @@ def screenshot_report(html_path: Path, png_path: Path, profile: Path) -> dict[st
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
         headings = [h.text for h in browser.find_elements("tag name", "h2")]
         examples = [e.text for e in browser.find_elements("css selector", "div.example")]
-        overflowing = browser.execute_script(  # data card lines wider than their box, or cards past the page
+        pairs = browser.execute_script(  # per pair box: its text, the highlighted tokens, the sides' boxes
+            "return Array.from(document.querySelectorAll('div.pair')).map(p => [p.innerText,"
+            " Array.from(p.querySelectorAll('mark')).map(m => m.textContent),"
+            " Array.from(p.querySelectorAll('div.side')).map(s => {const r = s.getBoundingClientRect();"
+            " return [r.left, r.top, r.width];})]);")
+        overflowing = browser.execute_script(  # card lines wider than their box, or cards past the page
             "const main = document.querySelector('main').getBoundingClientRect();"
-            "return Array.from(document.querySelectorAll('div.example, div.example dd')).filter("
+            "return Array.from(document.querySelectorAll("
+            "'div.example, div.example dd, div.pair, div.side, pre.completion')).filter("
             "e => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right > main.right).length;")
         size = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
@@ -421,7 +534,7 @@ def screenshot_report(html_path: Path, png_path: Path, profile: Path) -> dict[st
             "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
         png_path.write_bytes(base64.b64decode(shot["data"]))
         return {"title": browser.title, "headings": headings, "images": images, "examples": examples,
-                "overflowing": overflowing}
+                "pairs": pairs, "overflowing": overflowing}
     finally:
         browser.quit()
 
@@ -438,6 +551,14 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
     assert parallel.startswith("parallel instance 0 · domain weather") and QUERY in parallel
     assert 'get_weather {"city": "Rome"}\nget_weather {"city": "Paris"}' in parallel
     assert irrelevance.startswith("irrelevance instance 1") and DECLINE in irrelevance
+    pairs = page["pairs"]  # five examples of each run (trained, n-sample), chosen beside rejected
+    assert len(pairs) == 10 and [marks for _, marks, _ in pairs[:5]] == [
+        ["get", "convert"], ["city", "town"], ["Rome", "Paris"], ["<", "I"], ['"', "42"]]
+    text, _, ((x0, y0, w0), (x1, y1, w1)) = pairs[3]
+    assert text.startswith("call-or-not pair 0 · instance 0, turn 1 · divergence token #0 · chosen is the gold")
+    assert CALL in text and "I can't check <the weather> & won't call a tool." in text  # escaped, shown as typed
+    assert "errors: missing_call" in text
+    assert y0 == y1 and x1 >= x0 + w0 and w0 == w1 > 300  # side by side, equal widths
     assert page["overflowing"] == 0
     assert len(page["images"]) == counts["plots"] == 5
     assert all(done and w > 0 and h > 0 for done, w, h in page["images"]), page["images"]

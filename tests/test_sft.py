@@ -4,6 +4,7 @@ Train run (checkpoints, a killed worker restored, an exported model that learned
 from __future__ import annotations
 
 import json
+import types
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +13,7 @@ import pytest
 from ttpa_ray.config import SftConfig
 from ttpa_ray.instances import turn_rows
 from ttpa_ray.sft.data import conversation_tokens, sft_rows
-from ttpa_ray.sft.objective import assistant_nll, collate_sequences
+from ttpa_ray.sft.objective import SftObjective, assistant_nll, collate_sequences
 from ttpa_ray.toolcall import ToolCall, render_with_template
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city.",
@@ -152,6 +153,9 @@ def test_loss_equals_trl_sfttrainer_assistant_only(tiny_model, tmp_path):
     ours = assistant_nll(model, collate_sequences(rows, pad_token_id=tok.pad_token_id or 0))
     assert int((batch["labels"][:, 1:] != -100).sum()) == ours.tokens
     assert ours.mean.item() == pytest.approx(trl_loss.item(), abs=1e-6)
+    policy = types.SimpleNamespace(module=model, device="cpu")
+    loss, sums = SftObjective()(policy, rows, None, tok.pad_token_id or 0)  # what training runs: unpadded rows
+    assert loss.item() == pytest.approx(trl_loss.item(), abs=1e-6) and sums["assistant_tokens"] == ours.tokens
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     everything = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["input_ids"][:, 1:].flatten())
     assert abs(everything.item() - ours.mean.item()) > 1e-3  # the loss over all tokens differs: a real check

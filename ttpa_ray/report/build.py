@@ -39,6 +39,7 @@ from typing import Any
 
 from ttpa_ray.report import render as plots
 from ttpa_ray.report.data import data_section, first_of_each_kind
+from ttpa_ray.report.pairs import branch_table, pair_card, read_pairs
 from ttpa_ray.manifest import STAGE_NAMES, read_manifest
 from ttpa_ray.report.render import (Block, Figure, Note, Report, Section, Table, fmt, render_html,
                                     render_markdown)
@@ -123,8 +124,6 @@ class RunData:
 
 def read_run(run_dir: Path, label: str = MAIN) -> RunData:
     """Read a run folder (``<output_dir>/<name>``) into plain data."""
-    import pyarrow.parquet as pq
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir} is not a run folder: give <output_dir>/<name> of a job that ran, "
@@ -142,10 +141,7 @@ def read_run(run_dir: Path, label: str = MAIN) -> RunData:
             setattr(run, f"{stage}_steps", [json.loads(x) for x in steps.read_text().splitlines() if x.strip()])
     pairs = run_dir / "sample" / "pairs.parquet"
     if run.complete("sample") and pairs.is_file():
-        names = pq.read_schema(pairs).names  # an empty pairs file has only an id column
-        wanted = [c for c in ("chosen_score", "rejected_score", "chosen_is_gold", "mode") if c in names]
-        if "chosen_score" in wanted:
-            run.pairs = pq.read_table(pairs, columns=wanted).to_pylist()
+        run.pairs = read_pairs(pairs)  # scores of every pair, the text of the example pairs
     if run.complete("evaluate"):
         for model in ("base", "sft", "trained"):
             f = run_dir / "evaluate" / model / "metrics.json"
@@ -303,7 +299,9 @@ def _training(runs: list[RunData]) -> Section:
 
 
 def _pairs(runs: list[RunData]) -> Section:
-    blocks: list[Table | Figure | Note] = []
+    """Pair statistics, the TPS branches and pairs per decision kind, the ESM histogram of the
+    pair sides, and pair examples (:mod:`ttpa_ray.report.pairs`)."""
+    blocks: list[Block] = []
     for r in runs:
         if not r.pairs:
             blocks.append(Note(r.not_run("sample") or f"sample ({r.label}): no preference pairs"))
@@ -320,9 +318,12 @@ def _pairs(runs: list[RunData]) -> Section:
                          fmt(sum(gold) / len(gold))])
         blocks.append(Table("Pair statistics", ["run", "pairs", "mode", "chosen mean ESM", "rejected mean ESM",
                                                  "mean gap", "chosen = gold"], rows))
+    blocks += branch_table([(r.label, r.manifests.get("sample")) for r in runs if r.complete("sample")])
+    if done:
         blocks.append(Figure("esm_histogram", "ESM score of the chosen and the rejected side of each pair",
                              plots.esm_histograms({r.label: ([p["chosen_score"] for p in r.pairs],
                                                              [p["rejected_score"] for p in r.pairs]) for r in done})))
+        blocks += [pair_card(r.label, r.pairs) for r in done]
     return Section("Preference pairs", blocks)
 
 

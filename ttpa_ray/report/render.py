@@ -1,5 +1,6 @@
 """Rendering of the run report (:mod:`ttpa_ray.report.build` builds its content): the report model
-(tables, figures, notes and data cards in sections), PNG plots, and the HTML and Markdown writers.
+(tables, figures, notes, data cards and pair cards in sections), PNG plots, and the HTML and
+Markdown writers.
 
 Plot functions take plain data and return PNG bytes. Figures are built on
 :class:`matplotlib.figure.Figure` with the Agg canvas, never through ``pyplot``: no global
@@ -86,7 +87,38 @@ class DataCard:
     examples: list[Example]
 
 
-Block = Table | Figure | Note | DataCard
+@dataclass
+class PairSide:
+    """One side of a pair after the text it shares with the other side."""
+
+    divergence: str  # the divergence token ("": this side ends where the other goes on)
+    rest: str  # the text after it, possibly clipped
+    score: float | None  # ESM score
+    errors: list[str]  # ESM error codes
+
+
+@dataclass
+class PairExample:
+    """One preference pair as the pair card shows it: chosen vs rejected after ``shared``."""
+
+    kind: str  # branch kind of the rejected side (name, key, value, call-or-not, sample)
+    pair_id: int
+    instance_id: int | None
+    turn_index: int | None
+    chosen_is_gold: bool | None
+    divergence_index: int | None  # first token where the sides differ (pairs.parquet)
+    shared: str  # the text both sides start with, possibly clipped at its start
+    chosen: PairSide
+    rejected: PairSide
+
+
+@dataclass
+class PairCard:
+    title: str
+    examples: list[PairExample]
+
+
+Block = Table | Figure | Note | DataCard | PairCard
 
 
 @dataclass
@@ -114,6 +146,9 @@ class Report:
 
     def examples(self) -> list[Example]:
         return [e for s in self.sections for b in s.blocks if isinstance(b, DataCard) for e in b.examples]
+
+    def pair_examples(self) -> list[PairExample]:
+        return [e for s in self.sections for b in s.blocks if isinstance(b, PairCard) for e in b.examples]
 
 
 # --------------------------------------------------------------------------- plots
@@ -293,6 +328,17 @@ dl.card dt{font-weight:600;color:#444}dl.card dd{margin:0;white-space:pre-wrap;o
 dl.card code{font:12px/1.4 "DejaVu Sans Mono",Menlo,Consolas,monospace;background:#f3f5f8;padding:1px 4px;
  border-radius:3px}
 dl.card code.used{background:#e3f3e6;color:#11772d;font-weight:600}dl.card div.call{margin:0 0 3px}
+div.pair{flex-basis:100%;min-width:0;box-sizing:border-box;border:1px solid #dde1e7;border-radius:4px;
+ padding:8px 12px}
+div.pair h4{font-size:14px;margin:0 0 6px}div.pair h4 span{font-weight:400;color:#666;font-size:12px}
+div.sides{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:12px}
+div.side{min-width:0;border-top:3px solid #2ca02c;padding-top:4px}div.side.rejected{border-top-color:#d62728}
+div.side p{margin:0 0 4px;font-size:13px}div.side code{font:12px/1.4 "DejaVu Sans Mono",Menlo,Consolas,monospace;
+ background:#fdecea;color:#b3261e;padding:1px 4px;border-radius:3px}
+pre.completion{margin:0;white-space:pre-wrap;overflow-wrap:anywhere;font:12px/1.45 "DejaVu Sans Mono",Menlo,
+ Consolas,monospace;background:#f3f5f8;padding:6px 8px;border-radius:3px}
+pre.completion mark{background:#ffd54f;color:#1d2330;font-weight:700;outline:1px solid #e0a800}
+pre.completion mark.end{background:#eee;color:#666;font-weight:400;outline:1px dashed #999}
 """
 _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
 
@@ -363,6 +409,43 @@ def _html_card(card: DataCard) -> str:
     return "".join(out)
 
 
+def _pair_facts(e: PairExample) -> str:
+    """The line under a pair's kind: where it comes from, where it diverges, who is chosen."""
+    facts = [f"pair {e.pair_id}"]
+    if e.instance_id is not None:
+        facts.append(f"instance {e.instance_id}" + (f", turn {e.turn_index}" if e.turn_index is not None else ""))
+    if e.divergence_index is not None:
+        facts.append(f"divergence token #{e.divergence_index}")
+    if e.chosen_is_gold is not None:
+        facts.append("chosen is the gold" if e.chosen_is_gold else "chosen is a sampled candidate")
+    return " · ".join(facts)
+
+
+def _side_facts(s: PairSide) -> tuple[str, str]:
+    return f"ESM {fmt(s.score)}", ", ".join(s.errors) or "none"
+
+
+_END = "∎"
+"""Shown for the divergence token of a side that ends where the other goes on."""
+
+
+def _html_pair_card(card: PairCard) -> str:
+    out = [f'<div class="card"><h3>{_esc(card.title)}</h3>']
+    for e in card.examples:
+        sides = []
+        for name, s in (("chosen", e.chosen), ("rejected", e.rejected)):
+            score, _ = _side_facts(s)
+            codes = " ".join(f"<code>{_esc(c)}</code>" for c in s.errors) or "none"
+            mark = (f"<mark>{_esc(s.divergence)}</mark>" if s.divergence else
+                    f'<mark class="end" title="this side ends here">{_END}</mark>')
+            sides.append(f'<div class="side {name}"><p><b>{name}</b> · {_esc(score)} · errors: {codes}</p>'
+                         f'<pre class="completion">{_esc(e.shared)}{mark}{_esc(s.rest)}</pre></div>')
+        out.append(f'<div class="pair"><h4>{_esc(e.kind)} <span>{_esc(_pair_facts(e))}</span></h4>'
+                   f'<div class="sides">{"".join(sides)}</div></div>')
+    out.append("</div>")
+    return "".join(out)
+
+
 def render_html(report: Report) -> str:
     """One self-contained page: inline CSS, PNGs as data: URIs, no script, no external reference."""
     out = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(report.title)}</title>'
@@ -376,6 +459,8 @@ def render_html(report: Report) -> str:
                 out.append(_html_table(b))
             elif isinstance(b, DataCard):
                 out.append(_html_card(b))
+            elif isinstance(b, PairCard):
+                out.append(_html_pair_card(b))
             elif isinstance(b, Figure):
                 w, h = _png_size(b.png)
                 data = base64.b64encode(b.png).decode("ascii")
@@ -418,6 +503,24 @@ def _md_card(card: DataCard) -> list[str]:
     return out
 
 
+def _md_fence(text: str) -> str:
+    """A code fence longer than any backtick run in ``text``."""
+    return "`" * max(3, max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+
+
+def _md_pair_card(card: PairCard) -> list[str]:
+    out = ["", f"### {card.title}", "", "*In the code blocks the divergence token is in [[ ]]; "
+                                        f"[[{_END}]]: that side ends there.*"]
+    for e in card.examples:
+        out += ["", f"**{e.kind}** ({_pair_facts(e)})"]
+        for name, s in (("chosen", e.chosen), ("rejected", e.rejected)):
+            score, codes = _side_facts(s)
+            text = f"{e.shared}[[{s.divergence or _END}]]{s.rest}"
+            fence = _md_fence(text)
+            out += ["", f"- **{name}**: {score}, errors: {codes}", "", f"{fence}text", text, fence]
+    return out
+
+
 def render_markdown(report: Report) -> str:
     """The same report in Markdown; figures link ``<name>.png`` next to the file."""
     out = [f"# {report.title}", "", *[f"- **{k}**: {v}" for k, v in report.facts]]
@@ -428,6 +531,8 @@ def render_markdown(report: Report) -> str:
                 out += ["", _md_table(b)]
             elif isinstance(b, DataCard):
                 out += _md_card(b)
+            elif isinstance(b, PairCard):
+                out += _md_pair_card(b)
             elif isinstance(b, Figure):
                 out += ["", f"![{b.caption}]({b.name}.png)", "", f"*{b.caption}*"]
             else:

