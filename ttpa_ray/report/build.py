@@ -4,7 +4,8 @@
     paths = write_report(Path("runs/tps"), variants={"n-sample": Path("runs/nsample")})
 
 Reads only files earlier stages wrote (``<stage>/manifest.json``, ``construct/instances.parquet``,
-``train/metrics.jsonl``, ``sample/pairs.parquet``, ``evaluate/{base,trained}/metrics.json``,
+``sft/metrics.jsonl``, ``train/metrics.jsonl``, ``sample/pairs.parquet``,
+``evaluate/{base,sft,trained}/metrics.json``,
 ``job.json``): no Ray, no engine. Three steps, each a plain function: :func:`read_run` (a run
 folder -> :class:`RunData`), :func:`build_report` (runs -> sections of tables, figures, notes
 and data cards), and the writers in
@@ -12,10 +13,12 @@ and data cards), and the writers in
 URI, no external CSS, JS or fonts; ``render_markdown`` links the PNG files written next to it.
 
 Contents: headline metrics and per-category accuracy, mean ESM, tool selection and parameter
-accuracy, base vs trained with deltas; pass rate; error codes before vs after; the constructed
-data (instances attempted and kept per kind, the path that wrote each kept turn's query and
-answer, and a data card: the first kept instance of each kind); loss and reward
-margin per step; ESM histograms of the chosen and rejected side of every pair; stage timings
+accuracy, base vs SFT vs trained with deltas; pass rate; error codes before vs after; the
+constructed data (instances attempted and kept per kind, the path that wrote each kept turn's
+query and answer, and a data card: the first kept instance of each kind); the SFT summary;
+loss and reward margin per step; ESM histograms of the chosen and rejected side of every pair,
+TPS branches and pairs per decision kind, and pair examples (chosen vs rejected, the
+divergence token highlighted, each side's ESM error codes, ``report/pairs.py``); stage timings
 and row accounting from the manifests. A stage that did not run (disabled, interrupted, or
 never started) becomes a "not run" note, never an error; so do counts an older run did not
 record (construct before per-kind counts: "not recorded").
