@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from ttpa_ray.train.pair_forward import PairLogps, collate_pairs
+from ttpa_ray.train.pair_forward import PairLogps, collate_pairs, pad_sequences
 
 __all__ = ["GroupBatch", "collate_groups", "group_logps", "group_pairs", "turn_logps"]
 
@@ -93,17 +93,6 @@ def _validate(rows: Sequence[Mapping[str, Any]], who: str) -> None:
     if not rows:
         raise ValueError(f"{who} got no rows; pass at least one pair")
     collate_pairs(rows, pad_token_id=0)
-
-
-def _pad(seqs: Sequence[Sequence[int]], pad: int, min_width: int = 0) -> tuple[Tensor, Tensor]:
-    """Right-pad to ``(N, max(max len, min_width))`` ids and mask."""
-    width = max(min_width, *(len(s) for s in seqs))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 def _groups(rows: Sequence[Mapping[str, Any]]) -> list[list[int]]:
@@ -180,17 +169,17 @@ def collate_groups(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> Grou
         chosen_ids.append(chosen)
         n_head += len(heads)
 
-    input_ids, row_mask = _pad(seqs, pad_token_id)
+    input_ids, row_mask = pad_sequences(seqs, pad_token_id)
     L = input_ids.shape[1]
-    position_ids, _ = _pad(positions, 0)
-    segment, _ = _pad(segments, 0)
+    position_ids, _ = pad_sequences(positions, 0)
+    segment, _ = pad_sequences(segments, 0)
     segment = segment.masked_fill(row_mask == 0, -1)
-    visible, _ = _pad(visibles, 0)
+    visible, _ = pad_sequences(visibles, 0)
     head_pos = torch.tensor([g * L + i for g, heads in enumerate(head_pos_rows) for i in heads], dtype=torch.long)
-    ch_head, ch_mask = _pad(chosen_head, 0, min_width=1)
-    ch_ids, _ = _pad(chosen_ids, 0, min_width=1)
-    rj_head, rj_mask = _pad(rejected_head, 0, min_width=1)
-    rj_ids, _ = _pad(rejected_ids, 0, min_width=1)
+    ch_head, ch_mask = pad_sequences(chosen_head, 0, min_width=1)
+    ch_ids, _ = pad_sequences(chosen_ids, 0, min_width=1)
+    rj_head, rj_mask = pad_sequences(rejected_head, 0, min_width=1)
+    rj_ids, _ = pad_sequences(rejected_ids, 0, min_width=1)
     return GroupBatch(
         input_ids=input_ids, position_ids=position_ids, segment=segment, visible=visible, head_pos=head_pos,
         chosen_head=ch_head, chosen_ids=ch_ids, chosen_mask=ch_mask,

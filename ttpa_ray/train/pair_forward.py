@@ -89,7 +89,7 @@ def _problems(i: int, row: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad: int, min_width: int = 0) -> tuple[Tensor, Tensor]:
+def pad_sequences(seqs: Sequence[Sequence[int]], pad: int, min_width: int = 0) -> tuple[Tensor, Tensor]:
     """Right-pad to ``(N, max(max len, min_width))`` ids and mask."""
     width = max(min_width, *(len(s) for s in seqs))
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -114,10 +114,10 @@ def collate_pairs(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> PairB
     chosen = [[int(t) for t in row["chosen_token_ids"]] for row in rows]
     rejected = [[int(t) for t in row["rejected_token_ids"]] for row in rows]
     ds = [int(row["divergence_index"]) for row in rows]
-    prefix_ids, prefix_mask = _pad([p + c[:d] for p, c, d in zip(prompts, chosen, ds)], pad_token_id)
+    prefix_ids, prefix_mask = pad_sequences([p + c[:d] for p, c, d in zip(prompts, chosen, ds)], pad_token_id)
     suffixes = [s[d:] for c, r, d in zip(chosen, rejected, ds) for s in (c, r)]
     # Width >= 2: every packed row keeps at least one (padding) column per continuation.
-    suffix_ids, suffix_mask = _pad(suffixes, pad_token_id, min_width=2)
+    suffix_ids, suffix_mask = pad_sequences(suffixes, pad_token_id, min_width=2)
     return PairBatch(prefix_ids, prefix_mask, torch.tensor([len(p) for p in prompts]), torch.tensor(ds),
                      suffix_ids, suffix_mask)
 
@@ -210,7 +210,7 @@ def naive_pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: fl
             j = 2 * b + side
             seqs.append(batch.prefix_ids[b, :prefix_lens[b]].tolist() + batch.suffix_ids[j, :suffix_lens[j]].tolist())
             starts.append(int(batch.prompt_lens[b]))
-    ids, mask = _pad(seqs, pad=0)  # padding is masked out: any valid id will do
+    ids, mask = pad_sequences(seqs, pad=0)  # padding is masked out: any valid id will do
     device = batch.prefix_ids.device
     ids, mask, starts_t = ids.to(device), mask.to(device), torch.tensor(starts, device=device)
     completion = mask * (torch.arange(ids.shape[1], device=device) >= starts_t[:, None])  # (2B, T)
