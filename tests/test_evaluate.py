@@ -83,6 +83,33 @@ def test_irrelevance_rows_select_no_call():
     assert m["error_codes"] == {"unexpected_call": 1} and m["generation_errors"] == 1
 
 
+def test_irrelevance_under_the_strict_and_the_bfcl_rule():
+    """Hand-made outputs on a no-call row, scored by the real ESM scorer: prose abstains under
+    both rules, a decodable call is wrong under both, an undecodable call attempt is wrong under
+    the strict rule (the headline) and a correct abstention under BFCL's (gorilla#443)."""
+    tools = [{"name": "f", "description": "d", "parameters": {"type": "dict", "properties": {}, "required": []}}]
+    outputs = {"prose": "I cannot help with that using these tools.",
+               "call": '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>',
+               "broken call": "<tool_call>\n{\"name\": \"f\", \"arguments\": {\n</tool_call>"}
+    rows = []
+    for text in outputs.values():
+        r = esm_score(text, tools, possible_answer=[])
+        rows.append({"category": "irrelevance", "valid": r.valid, "errors": r.errors, "esm_score": r.score,
+                     "generation_error": None, "score_error": None, "predicted_names": em.call_names(text),
+                     "gold_names": []})
+    assert [em.correct(r) for r in rows] == [True, False, False]
+    assert [em.correct_bfcl_rule(r) for r in rows] == [True, False, True]
+    assert rows[2]["errors"] == ["decode_failed"]
+    m = em.category_metrics(rows)
+    assert (m["accuracy"], m["accuracy_bfcl_rule"]) == (0.3333, 0.6667)
+    # Where calls are expected the two rules agree: an undecodable call is wrong under both.
+    gold_row = rows[2] | {"gold_names": ["f"]}
+    assert not em.correct(gold_row) and not em.correct_bfcl_rule(gold_row)
+    # A failed generation is wrong under both, whatever the scorer wrote.
+    failed = rows[0] | {"generation_error": "engine died"}
+    assert not em.correct(failed) and not em.correct_bfcl_rule(failed)
+
+
 def test_parameter_accuracy_uses_argument_codes_only():
     gold = GOLD + [{"name": "get_current_weather", "arguments": {"city": "Tokyo", "units": "imperial"}}]
     both = scored(call(city="Lisbon") + call(city="Tokyo", units="imperial"), gold)

@@ -49,9 +49,9 @@ def _turn(category: str, valid: bool, errors: list[str], esm: float, names: list
             "score_error": None, "predicted_names": names, "gold_names": gold}
 
 
-def _metrics(model: str, simple_valid: int, irrelevance_valid: int, passed: int) -> dict[str, Any]:
-    """metrics.json as the evaluate stage writes it: 4 simple rows (the first ``simple_valid``
-    right, then value_error, missing_call ...), 2 irrelevance rows, 2 held-out rows, 2 episodes."""
+def _eval_rows(simple_valid: int, irrelevance_valid: int, passed: int) -> tuple[list[dict[str, Any]], ...]:
+    """The rows of one evaluation: 4 simple rows (the first ``simple_valid`` right, then
+    value_error, missing_call ...), 2 irrelevance rows, 2 held-out rows, 2 episodes; ids by position."""
     wrong = [("value_error", 0.8, ["f"]), ("missing_call", 0.0, []), ("value_error", 0.8, ["f"])]
     bfcl = [_turn("simple", True, [], 1.0, ["f"], ["f"]) for _ in range(simple_valid)]
     bfcl += [_turn("simple", False, [code], esm, names, ["f"]) for code, esm, names in wrong[:4 - simple_valid]]
@@ -59,7 +59,23 @@ def _metrics(model: str, simple_valid: int, irrelevance_valid: int, passed: int)
                    1.0 if k < irrelevance_valid else 0.0, [] if k < irrelevance_valid else ["g"], [])
              for k in range(2)]
     held = [_turn("held_out", True, [], 1.0, ["h"], ["h"]), _turn("held_out", False, ["type_error"], 0.6, ["h"], ["h"])]
-    episodes = [{"passed": k < passed, "reason": None if k < passed else "truncated_answer: cut"} for k in range(2)]
+    episodes = [{"instance_id": k, "turn_index": 1, "passed": k < passed,
+                 "reason": None if k < passed else "truncated_answer: cut"} for k in range(2)]
+    for rows in (bfcl, held):
+        for k, r in enumerate(rows):
+            r["id"] = str(k)
+    return bfcl, held, episodes
+
+
+def _metrics(model: str, simple_valid: int, irrelevance_valid: int, passed: int,
+             out: Path | None = None) -> dict[str, Any]:
+    """metrics.json as the evaluate stage writes it of :func:`_eval_rows`; with ``out``, the rows
+    too (bfcl.parquet, held_out.parquet, episodes.parquet), as the paired comparisons read them."""
+    bfcl, held, episodes = _eval_rows(simple_valid, irrelevance_valid, passed)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, rows in (("bfcl", bfcl), ("held_out", held), ("episodes", episodes)):
+            pq.write_table(pa.Table.from_pylist(rows), out / f"{name}.parquet")
     return {"model": model, "seed": 0, "held_out_fraction": 0.2,
             "bfcl": em.group_metrics(bfcl, ["simple", "irrelevance"]),
             "held_out": {"overall": em.category_metrics(held)}, "pass_rate": em.pass_rate_metrics(episodes)}
@@ -188,11 +204,11 @@ def make_run(root: Path, name: str = "fake", train: bool = True, evaluate: bool 
                   "grad_norm": 10.0, "lr": 1e-4, "tokens_per_s": 5000.0} for k, loss in enumerate(losses)]
         (run / "train" / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
     if evaluate:
-        models = {"base": _metrics("tiny-random", 1, 2, 0)} if variant_of is None else {}
+        ev = run / "evaluate"
+        models = {"base": _metrics("tiny-random", 1, 2, 0, ev / "base")} if variant_of is None else {}
         if train:
-            models["trained"] = _metrics(str(run / "train" / "model"), trained_simple_valid, 1, 1)
+            models["trained"] = _metrics(str(run / "train" / "model"), trained_simple_valid, 1, 1, ev / "trained")
         for label, m in models.items():
-            (run / "evaluate" / label).mkdir(parents=True)
             (run / "evaluate" / label / "metrics.json").write_text(json.dumps(m))
         _manifest(run, "evaluate", 41.5, **{label: {"bfcl_rows": 6, "held_out_rows": 2, "episodes": 2,
                                                     "generation_errors": 0, "score_errors": 0,
@@ -215,6 +231,12 @@ def test_tables_hold_the_runs_numbers(tmp_path: Path):
     assert acc.rows[0][1:] == ["4", "0.250", "0.750", "+0.500"]
     assert acc.rows[1][1:] == ["2", "1.000", "0.500", "-0.500"]
     assert tables["Headline"].cell("pass rate", "Δ trained") == "+0.500"
+    paired = next(t for title, t in tables.items() if title.startswith("Paired comparisons"))
+    simple = next(r for r in paired.rows if r[:2] == ["trained vs base", "BFCL simple"])
+    # base gets simple row 0 right, trained rows 0-2: +0.5 on 4 entries, 2 discordant, p = 0.5
+    assert simple[2:] [:4] == ["4", "0.250", "0.750", "+0.500"] and simple[7:10] == ["2", "0", "0.5000"]
+    assert [r[1] for r in paired.rows] == ["BFCL simple", "BFCL irrelevance", "BFCL overall", "held-out",
+                                           "pass rate"]
     assert tables["Pass rate (held-out episodes in the sandbox)"].cell("base", "fail reasons") == "truncated_answer 2"
     codes = tables["Error codes (rows with each ESM code, BFCL + held-out)"]
     assert codes.cell("value_error", "base") == "2" and codes.cell("value_error", "Δ trained") == "-1"

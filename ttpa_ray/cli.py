@@ -49,6 +49,7 @@ def _run(args: argparse.Namespace) -> int:
                          if isinstance(manifest.get(m), dict)} | evaluated
     if evaluated:
         _print_comparison(evaluated)
+        _print_paired(job.run_dir / "evaluate" / "comparisons.json")
     if "report" in results:
         print(f"\n  report: {results['report']['html']}")
     return 0
@@ -61,14 +62,29 @@ def _counts(manifest: dict) -> dict:
 def _print_comparison(manifest: dict[str, dict]) -> None:
     """Base vs SFT vs trained (or vs each variant), the figures a user looks for first."""
     models = list(manifest)
-    keys = ("bfcl_simple_accuracy", "bfcl_accuracy", "held_out_accuracy", "pass_rate")
-    print("\n  " + f"{'':22s}" + "".join(f"{m:>10s}" for m in models))
+    keys = ("bfcl_simple_accuracy", "bfcl_accuracy", "bfcl_accuracy_ci", "bfcl_irrelevance_accuracy_bfcl_rule",
+            "held_out_accuracy", "pass_rate")
+    names = {"bfcl_accuracy_ci": "  95% bootstrap CI", "bfcl_irrelevance_accuracy_bfcl_rule": "irrelevance, BFCL rule"}
+    print("\n  " + f"{'':24s}" + "".join(f"{m:>13s}" for m in models))
     for k in keys:
         cells = []
         for m in models:
             v = manifest[m].get(k)
-            cells.append(f"{v:10.3f}" if isinstance(v, (int, float)) else f"{'-':>10s}")
-        print(f"  {k:22s}" + "".join(cells))
+            cells.append(f"{v:13.3f}" if isinstance(v, (int, float)) else
+                         f"{f'[{v[0]:.2f},{v[1]:.2f}]':>13s}" if isinstance(v, (list, tuple)) and len(v) == 2 else f"{'-':>13s}")
+        print(f"  {names.get(k, k):24s}" + "".join(cells))
+
+
+def _print_paired(path: Path) -> None:
+    """The paired tests of the overall figures (evaluate/comparisons.json has every category)."""
+    from ttpa_ray.evaluate.compare import format_comparisons
+
+    if not path.is_file():
+        return
+    records = [r for r in json.loads(path.read_text()) if r["category"] in ("overall", "episodes")]
+    if records:
+        print("\n" + "\n".join("  " + line for line in format_comparisons(records).splitlines()))
+        print(f"  (* the 95% CI of the difference excludes 0; every category: {path})")
 
 
 def _stage(args: argparse.Namespace) -> int:

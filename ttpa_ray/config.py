@@ -457,6 +457,10 @@ class EvaluateConfig(Section):
         0.2, ge=0, le=1, description="Share of constructed instances held out from sampling and evaluated; "
         "which ones is a deterministic function of (instance id, job seed).")
     max_tokens: int = Field(256, ge=8, description="Greedy generation budget per assistant turn.")
+    batch_size: int | None = Field(
+        64, ge=1, description="Rows per engine call (one batched generation) during evaluation; null = the "
+        "engine pool's batch_size. Greedy rows are independent, so a larger batch only changes speed "
+        "(bench/evaluate.py); the KV cache (engine.kv_cache_gib) bounds how many run at once.")
     pass_rate: bool = Field(True, description="Also play whole episodes on held-out instances whose tools all "
                                               "run in the sandbox (ToolBench-style pass rate).")
     max_steps: int = Field(4, ge=1, le=16, description="Pass rate: model turns per episode before it is failed "

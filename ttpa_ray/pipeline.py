@@ -128,7 +128,20 @@ def _evaluate(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
         results[label] = run_evaluate(job.evaluate, job.target, job.score, model,
                                       instances if instances.is_file() else None, out / label, seed=job.seed,
                                       catalog=job.construct.catalog)
+    write_comparisons(job)
     return results
+
+
+def write_comparisons(job: JobConfig) -> list[dict[str, Any]]:
+    """Paired comparisons of every model the run evaluated (variants' trained models included)
+    on the same entries: ``evaluate/comparisons.json``, printed as a table."""
+    from ttpa_ray.evaluate.compare import compare_models, format_comparisons, model_dirs
+
+    records = compare_models(model_dirs(job.run_dir, list(job.variants)))
+    if records:
+        (job.run_dir / "evaluate" / "comparisons.json").write_text(json.dumps(records, indent=2))
+        print(format_comparisons(records), flush=True)
+    return records
 
 
 def _report(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:

@@ -11,7 +11,13 @@ Metrics per category (:func:`category_metrics`); a row that failed to generate o
 counts as wrong (and 0 in ``mean_esm``) everywhere, and is counted in ``generation_errors``
 / ``score_errors``, so a failing engine can never raise a score:
 
-- ``accuracy``: share of rows ESM calls ``valid`` (no error code: BFCL's AST accept);
+- ``accuracy``: share of rows ESM calls ``valid`` (no error code: BFCL's AST accept), the
+  *strict* rule on rows where no call is expected (irrelevance, held-out no-call turns): any
+  attempt to call is a call, an undecodable one (``decode_failed``) included;
+- ``accuracy_ci``: its 95% bootstrap interval (:func:`~ttpa_ray.evaluate.stats.bootstrap_ci`);
+- ``accuracy_bfcl_rule``: the same under BFCL's own checker, which counts an undecodable call
+  attempt as a correct abstention where no call is expected (gorilla#443); equal to
+  ``accuracy`` on rows with gold calls (:func:`correct_bfcl_rule`);
 - ``mean_esm``: mean ESM score;
 - ``tool_selection_accuracy``: the predicted function names equal the gold names as a
   multiset (irrelevance: no call made); undecodable output is a wrong selection;
@@ -26,6 +32,8 @@ counts as wrong (and 0 in ``mean_esm``) everywhere, and is counted in ``generati
 >>> m = category_metrics(rows)
 >>> (m["n"], m["accuracy"], m["tool_selection_accuracy"], m["parameter_accuracy"], m["error_codes"])
 (2, 0.5, 1.0, 0.5, {'value_error': 1})
+>>> m["accuracy_ci"]
+(0.0, 1.0)
 """
 
 from __future__ import annotations
@@ -35,8 +43,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ttpa_ray.evaluate.stats import bootstrap_ci
 from ttpa_ray.instances import is_held_out, turn_rows
-from ttpa_ray.toolcall import json_schema_types, load_tools, parse_calls
+from ttpa_ray.toolcall import DECODE_FAILED, json_schema_types, load_tools, parse_calls
 
 BFCL_FILES = {"simple": "simple_python", "multiple": "multiple", "parallel": "parallel",
               "parallel_multiple": "parallel_multiple", "irrelevance": "irrelevance"}
@@ -130,6 +139,27 @@ def _failed(row: dict[str, Any]) -> bool:
     return bool(row.get("generation_error") or row.get("score_error"))
 
 
+def correct(row: dict[str, Any]) -> bool:
+    """The headline outcome of a row: generated, scored, and ESM-valid (strict on no-call rows)."""
+    return not _failed(row) and bool(row["valid"])
+
+
+def correct_bfcl_rule(row: dict[str, Any]) -> bool:
+    """BFCL's outcome: as :func:`correct`, except that where no call is expected an output that
+    does not decode to calls (``decode_failed``) is a correct abstention, as BFCL's irrelevance
+    checker counts it.
+
+    >>> row = {"valid": False, "errors": ["decode_failed"], "gold_names": [], "generation_error": None}
+    >>> correct(row), correct_bfcl_rule(row)
+    (False, True)
+    >>> correct_bfcl_rule(row | {"gold_names": ["f"]})
+    False
+    """
+    if correct(row):
+        return True
+    return not _failed(row) and not row["gold_names"] and list(row["errors"]) == [DECODE_FAILED]
+
+
 def selection_right(row: dict[str, Any]) -> bool:
     pred = row.get("predicted_names")
     return not _failed(row) and pred is not None and Counter(pred) == Counter(row["gold_names"])
@@ -147,8 +177,11 @@ def category_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def share(k: int, d: int) -> float | None:
         return round(k / d, 4) if d else None
 
+    outcomes = [correct(r) for r in rows]
     return {"n": n,
-            "accuracy": share(sum(bool(r["valid"]) for r in ok), n),
+            "accuracy": share(sum(outcomes), n),
+            "accuracy_ci": bootstrap_ci(outcomes),
+            "accuracy_bfcl_rule": share(sum(correct_bfcl_rule(r) for r in rows), n),
             "mean_esm": round(sum(float(r["esm_score"]) for r in ok) / n, 4) if n else None,
             "tool_selection_accuracy": share(len(selected), n),
             "parameter_accuracy": share(len(args_right), len(with_args)),
@@ -211,25 +244,34 @@ def pass_rate_metrics(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
     passed = sum(bool(e["passed"]) for e in episodes)
     return {"episodes": len(episodes), "passed": passed,
             "pass_rate": round(passed / len(episodes), 4) if episodes else None,
+            "pass_rate_ci": bootstrap_ci([bool(e["passed"]) for e in episodes]),
             "fail_reasons": dict(sorted(reasons.items()))}
 
 
 # --------------------------------------------------------------------------- table
 
 
+def _ci(ci: Any) -> str:
+    return f"[{ci[0]:.2f},{ci[1]:.2f}]" if ci else "-"
+
+
 def format_table(metrics: dict[str, Any]) -> str:
-    """A short fixed-width table of the per-category metrics and the pass rate."""
+    """A short fixed-width table of the per-category metrics (accuracy with its 95% bootstrap
+    interval; ``bfcl`` is the accuracy under BFCL's irrelevance rule) and the pass rate."""
     def cell(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    lines = [f"{'group/category':<28}{'n':>5}{'acc':>8}{'esm':>8}{'tool':>8}{'param':>8}{'gen_err':>8}{'sc_err':>7}"]
+    lines = [f"{'group/category':<28}{'n':>5}{'acc':>8}{'95% CI':>13}{'bfcl':>7}{'esm':>7}{'tool':>7}{'param':>7}"
+             f"{'gen_err':>8}{'sc_err':>7}"]
     for group in ("bfcl", "held_out"):
         for cat, m in (metrics.get(group) or {}).items():
             if isinstance(m, dict) and "n" in m:
-                lines.append(f"{group + '/' + cat:<28}{m['n']:>5}{cell(m['accuracy']):>8}{cell(m['mean_esm']):>8}"
-                             f"{cell(m['tool_selection_accuracy']):>8}{cell(m['parameter_accuracy']):>8}"
-                             f"{m['generation_errors']:>8}{m['score_errors']:>7}")
+                lines.append(f"{group + '/' + cat:<28}{m['n']:>5}{cell(m['accuracy']):>8}"
+                             f"{_ci(m.get('accuracy_ci')):>13}{cell(m.get('accuracy_bfcl_rule')):>7}"
+                             f"{cell(m['mean_esm']):>7}{cell(m['tool_selection_accuracy']):>7}"
+                             f"{cell(m['parameter_accuracy']):>7}{m['generation_errors']:>8}{m['score_errors']:>7}")
     pr = metrics.get("pass_rate")
     if isinstance(pr, dict) and "episodes" in pr:
-        lines.append(f"pass rate: {pr['passed']}/{pr['episodes']} = {cell(pr['pass_rate'])}  {pr['fail_reasons']}")
+        lines.append(f"pass rate: {pr['passed']}/{pr['episodes']} = {cell(pr['pass_rate'])} "
+                     f"{_ci(pr.get('pass_rate_ci'))}  {pr['fail_reasons']}")
     return "\n".join(lines)

@@ -204,6 +204,8 @@ def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, 
     if not rows:
         return {}
     params = {"max_tokens": cfg.max_tokens, "temperature": 0.0, "seed": seed}
+    if cfg.batch_size:
+        engine = engine.model_copy(update={"pool": engine.pool.model_copy(update={"batch_size": cfg.batch_size})})
     ds = ray.data.from_items([{k: r[k] for k in _SENT} for r in rows],
                              override_num_blocks=max(1, len(rows) // engine.pool.batch_size))
     ds = ds.map_batches(EvalBatch, fn_constructor_kwargs={"engine": engine.model_dump(), "params": params,
@@ -227,6 +229,8 @@ def _finish_turn(row: dict[str, Any], r: dict[str, Any] | None) -> dict[str, Any
     full["predicted_names"] = None if res["generation_error"] else em.call_names(res["prediction"])
     full["gold_names"] = em.gold_names(row)
     full["selection_right"] = em.selection_right(full)
+    full["correct"] = em.correct(full)  # the headline outcome (strict where no call is expected)
+    full["correct_bfcl_rule"] = em.correct_bfcl_rule(full)
     return full
 
 
@@ -299,6 +303,8 @@ def run_evaluate(cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig, 
             "generation_errors": sum(bool(r["generation_error"]) for r in turns),
             "score_errors": sum(bool(r["score_error"]) for r in turns),
             "bfcl_accuracy": metrics["bfcl"].get("overall", {}).get("accuracy"),
+            "bfcl_accuracy_ci": metrics["bfcl"].get("overall", {}).get("accuracy_ci"),
+            "bfcl_irrelevance_accuracy_bfcl_rule": metrics["bfcl"].get("irrelevance", {}).get("accuracy_bfcl_rule"),
             "bfcl_simple_accuracy": metrics["bfcl"].get("simple", {}).get("accuracy"),
             "held_out_accuracy": metrics["held_out"].get("overall", {}).get("accuracy"),
             "pass_rate": metrics["pass_rate"].get("pass_rate")}

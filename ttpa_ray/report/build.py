@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ttpa_ray.evaluate.compare import compare_models
 from ttpa_ray.report import render as plots
 from ttpa_ray.report.data import data_section, first_of_each_kind
 from ttpa_ray.report.pairs import branch_table, pair_card, read_pairs
@@ -59,7 +60,13 @@ _HEADLINE = (("BFCL accuracy (overall)", "bfcl", "overall", "accuracy"),
              ("held-out accuracy", "held_out", "overall", "accuracy"),
              ("held-out mean ESM", "held_out", "overall", "mean_esm"),
              ("pass rate", "pass_rate", None, "pass_rate"))
-_PER_CATEGORY = (("accuracy", "Accuracy (ESM valid: BFCL's AST accept)"), ("mean_esm", "Mean ESM score"),
+_CATEGORY_LABEL = {("bfcl", "overall"): "BFCL overall", ("held_out", "overall"): "held-out",
+                   ("pass_rate", "episodes"): "pass rate"}
+_PER_CATEGORY = (("accuracy", "Accuracy (ESM valid: BFCL's AST accept)"),
+                 ("accuracy_bfcl_rule", "Accuracy under BFCL's irrelevance rule (the table above and the headline "
+                                        "are strict where no call is expected: any call attempt is a call; BFCL "
+                                        "counts an undecodable one as a correct abstention, gorilla#443)"),
+                 ("mean_esm", "Mean ESM score"),
                  ("tool_selection_accuracy", "Tool selection accuracy"),
                  ("parameter_accuracy", "Parameter accuracy (right tools, no argument error; – when no row "
                                         "had the right tools and a gold call)"))
@@ -92,6 +99,7 @@ class RunData:
     sft_steps: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # chosen_score, rejected_score, chosen_is_gold, mode
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # "base"/"sft"/"trained" -> metrics.json
+    eval_dirs: dict[str, Path] = field(default_factory=dict)  # the same labels -> evaluate/<label> (row files)
     # The kept instance with the lowest id of each kind (rows of instances.parquet, in KINDS
     # order); None: instances.parquet has no ``kind`` column (an older run) or is missing.
     examples: list[dict[str, Any]] | None = None
@@ -150,6 +158,7 @@ def read_run(run_dir: Path, label: str = MAIN) -> RunData:
             f = run_dir / "evaluate" / model / "metrics.json"
             if f.is_file():
                 run.evaluations[model] = json.loads(f.read_text())
+                run.eval_dirs[model] = f.parent
     return run
 
 
@@ -232,11 +241,12 @@ def _evaluation(main: RunData, variants: list[RunData]) -> Section:
         return Section(title, [Note(main.not_run("evaluate") or "evaluate: no base model metrics in this run")])
     notes: list[Table | Figure | Note] = []
     models = {"base": main.evaluations["base"]}
+    dirs = {"base": main.eval_dirs["base"]}
     if "sft" in main.evaluations:
-        models["sft"] = main.evaluations["sft"]
+        models["sft"], dirs["sft"] = main.evaluations["sft"], main.eval_dirs["sft"]
     for run, key in [(main, MAIN)] + [(v, v.label) for v in variants]:
         if "trained" in run.evaluations:
-            models[key] = run.evaluations["trained"]
+            models[key], dirs[key] = run.evaluations["trained"], run.eval_dirs["trained"]
         elif not (run is main and main.variants):  # a parent run trains in its variants
             why = run.not_run("evaluate") or run.not_run("train") or "evaluate ran without a trained model"
             notes.append(Note(f"{key} ({run.run_dir}): no trained model evaluated: {why}"))
@@ -248,9 +258,14 @@ def _evaluation(main: RunData, variants: list[RunData]) -> Section:
                                      for name, g, c, k in _HEADLINE], labels, first="metric")
     acc = {label: [_get(m, g, c, "accuracy") for g, c in cats] + [_get(m, "pass_rate", None, "pass_rate")]
            for label, m in models.items()}
-    blocks = [*notes, headline, Figure("accuracy", "Accuracy per category and pass rate, before vs after training",
-                                       plots.grouped_bars([*cats.values(), "pass rate"], acc, "share",
-                                                          "accuracy per category"))]
+    cis = {label: [_get(m, g, c, "accuracy_ci") for g, c in cats] + [_get(m, "pass_rate", None, "pass_rate_ci")]
+           for label, m in models.items()}
+    blocks = [*notes, headline,
+              Figure("accuracy", "Accuracy per category and pass rate, before vs after training (error bars: 95% "
+                                 "bootstrap intervals over the entries)",
+                     plots.grouped_bars([*cats.values(), "pass rate"], acc, "share", "accuracy per category",
+                                        intervals=cis)),
+              _paired(compare_models(dirs))]
     for key, name in _PER_CATEGORY:
         t = _compare(name, [(row, [_get(m, g, c, key) for m in models.values()]) for (g, c), row in cats.items()],
                      labels, first="category")
@@ -267,6 +282,20 @@ def _evaluation(main: RunData, variants: list[RunData]) -> Section:
     else:
         blocks.append(Note("No ESM error codes in any evaluated row."))
     return Section(title, blocks)
+
+
+def _paired(records: list[dict[str, Any]]) -> Table | Note:
+    """Every model against base (and against sft) on the same entries, per category."""
+    rows = [[f"{r['b']} vs {r['a']}", _CATEGORY_LABEL.get((r["group"], r["category"]), f"BFCL {r['category']}"), fmt(r["n"]),
+             fmt(r["a_mean"]), fmt(r["b_mean"]), f"{r['diff']:+.3f}", f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]",
+             fmt(r["b_only"]), fmt(r["a_only"]), f"{r['mcnemar_p']:.4f}", "yes" if r["significant"] else "no"]
+            for r in records if r["n"]]
+    if not rows:
+        return Note("Paired comparisons: no two evaluated models share entries.")
+    return Table("Paired comparisons on the same entries (b - a; 95% paired bootstrap CI of the difference; "
+                 "McNemar's exact test on the entries only one model got right)",
+                 ["b vs a", "category", "n", "a", "b", "b - a", "95% CI", "only b right", "only a right",
+                  "McNemar p", "CI excludes 0"], rows)
 
 
 def _sft(run: RunData) -> Table:

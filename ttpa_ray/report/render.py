@@ -227,15 +227,19 @@ def esm_histograms(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]]) 
     return _png(fig)
 
 
+Intervals = Mapping[str, Sequence["Sequence[float] | None"]]
+
+
 def grouped_bars(groups: Sequence[str], values: Mapping[str, Sequence[float | None]], ylabel: str,
-                 title: str, share: bool = True) -> bytes:
+                 title: str, share: bool = True, intervals: Intervals | None = None) -> bytes:
     """One cluster of bars per group, one bar per model (None: no bar, e.g. an empty category).
-    ``share``: values are in [0, 1] and each bar is labelled with its value."""
-    return _png(grouped_bars_figure(groups, values, ylabel, title, share))
+    ``share``: values are in [0, 1] and each bar is labelled with its value. ``intervals``: per
+    model, a (low, high) interval per group drawn as an error bar (None: none)."""
+    return _png(grouped_bars_figure(groups, values, ylabel, title, share, intervals))
 
 
 def grouped_bars_figure(groups: Sequence[str], values: Mapping[str, Sequence[float | None]], ylabel: str,
-                        title: str, share: bool = True) -> MplFigure:
+                        title: str, share: bool = True, intervals: Intervals | None = None) -> MplFigure:
     """The figure behind ``grouped_bars``. Groups whose labels would not fit side by side under
     the bars (e.g. all ESM error codes) are drawn as horizontal bars, labels on the left."""
     width = max(4.5, min(11.0, 1.5 + 0.42 * len(groups) * max(2, len(values))))
@@ -255,7 +259,15 @@ def grouped_bars_figure(groups: Sequence[str], values: Mapping[str, Sequence[flo
         pos = x + bar * (k + 0.5 - len(values) / 2)
         heights = [np.nan if v is None else v for v in vals]
         draw = ax.barh if horizontal else ax.bar
-        rects = draw(pos, heights, bar * 0.95, color=colour, label=label)
+        ci = (intervals or {}).get(label)
+        err = None
+        if ci and any(c for c in ci):  # asymmetric error bars: value - low, high - value
+            err = np.array([[0.0, 0.0] if c is None or v is None else [max(0.0, v - c[0]), max(0.0, c[1] - v)]
+                            for v, c in zip(vals, ci)]).T
+        rects = draw(pos, heights, bar * 0.95, color=colour, label=label,
+                     **({"xerr" if horizontal else "yerr": err, "error_kw": {"elinewidth": 0.8, "capsize": 2,
+                                                                             "ecolor": "#444444"}}
+                        if err is not None else {}))
         ax.bar_label(rects, labels=["" if v is None else (f"{v:.2f}" if share else f"{v:g}") for v in vals],
                      fontsize=7, padding=1)
     group_axis, value_axis = (ax.yaxis, ax.xaxis) if horizontal else (ax.xaxis, ax.yaxis)
