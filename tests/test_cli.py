@@ -177,6 +177,12 @@ def test_submitted_run_killed_mid_sample_resumes_then_rerun_skips(ray_head, tiny
     assert json.loads((run / "evaluate/sft/metrics.json").read_text())["model"].endswith("sft/model")
     held = {r["instance_id"] for r in pq.read_table(run / "evaluate/base/held_out.parquet").to_pylist()}
     assert not held & {p["instance_id"] for p in pairs}
+    # paired comparisons on the same entries: sft and trained vs base, trained vs sft; printed
+    comps = json.loads((run / "evaluate/comparisons.json").read_text())
+    assert {(c["b"], c["a"]) for c in comps} == {("sft", "base"), ("trained", "base"), ("trained", "sft")}
+    overall = [c for c in comps if (c["group"], c["category"]) == ("bfcl", "overall")]
+    assert len(overall) == 3 and all(c["n"] == 2 and c["unpaired"] == 0 for c in overall)
+    assert "trained vs base" in proc.stdout and "McNemar p" in proc.stdout and "95% bootstrap CI" in proc.stdout
 
     # report: one self-contained page with the base vs trained tables and the plots.
     html = (run / "report/report.html").read_text()
