@@ -63,8 +63,10 @@ CASES = {
     "long": {"model": "smollm2-135m-instruct", "batch": 2, "warmup": 1, "steps": 3, "quick_steps": 2},
     # Demo-shaped turns: 2 turns x 3 rejected = 6 pairs per step on every side.
     "turns": {"model": "smollm2-135m-instruct", "turns": 2, "k": 3, "warmup": 1, "steps": 3, "quick_steps": 2},
+    # The demo's optimizer step: 4 turns (gradient accumulation over 4 with turn packing) x 3 rejected.
+    "step": {"model": "smollm2-135m-instruct", "turns": 4, "k": 3, "warmup": 1, "steps": 2, "quick_steps": 1},
 }
-GOALS = {"short": 1.0, "long": 1.8, "turns": 2.0, "memory": 0.6}
+GOALS = {"short": 1.0, "long": 1.8, "turns": 2.0, "memory": 0.6, "step_rss_mb": 3072, "step_flop_share": 0.45}
 
 
 # --------------------------------------------------------------------------- pairs
@@ -210,20 +212,26 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     model_dir = resolve(spec["model"])
     rows, B, warmup, steps = spec["pairs"], spec["batch"], spec["warmup"], spec["steps"]
     packing = spec.get("packing", "pair")  # B counts turns with turn packing, else pairs
+    gas = spec.get("gas", 1)
+    peak_gflops = _matmul_gflops() if spec.get("count_flops") else None
 
-    # Reference pass (our reference stage's forward), timed per pair: warm-up on one pair, median of 2.
-    ref = ReferenceBatch(str(model_dir), "float32", prefix_weight=1.0, batch_size=B, packing=packing)
-    ref.logps(rows[:1])
-    ref_times, ref_start = [], time.time()
-    for _ in range(2):
-        t0 = time.perf_counter()
-        if packing == "turn":  # the whole data set: one forward per turn
-            logps = ref.logps(rows)
-        else:
-            logps = [lp for s in range(0, len(rows), B) for lp in ref.logps(rows[s:s + B])]
-        ref_times.append(time.perf_counter() - t0)
-    ref_window = [ref_start, time.time()]
-    del ref
+    if spec.get("zero_ref"):  # the step case: no reference model in this process (the pipeline's is a
+        logps = [(0.0, 0.0)] * len(rows)  # stage of its own); time and memory do not depend on the values
+        ref_times, ref_window = [float("nan")], None
+    else:
+        # Reference pass (our reference stage's forward), timed per pair: warm-up on one pair, median of 2.
+        ref = ReferenceBatch(str(model_dir), "float32", prefix_weight=1.0, batch_size=B, packing=packing)
+        ref.logps(rows[:1])
+        ref_times, ref_start = [], time.time()
+        for _ in range(2):
+            t0 = time.perf_counter()
+            if packing == "turn":  # the whole data set: one forward per turn
+                logps = ref.logps(rows)
+            else:
+                logps = [lp for s in range(0, len(rows), B) for lp in ref.logps(rows[s:s + B])]
+            ref_times.append(time.perf_counter() - t0)
+        ref_window = [ref_start, time.time()]
+        del ref
     for r, (c, rj) in zip(rows, logps):
         r["ref_chosen_logps"], r["ref_rejected_logps"], r["weight"] = c, rj, 1.0
 
@@ -233,13 +241,16 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     s.close()
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     deepspeed.init_distributed(dist_backend="gloo")
-    cfg = TrainConfig(zero_stage=0, micro_batch_size=B, gradient_accumulation_steps=1, learning_rate=LR,
+    cfg = TrainConfig(zero_stage=0, micro_batch_size=B, gradient_accumulation_steps=gas, learning_rate=LR,
                       lr_scheduler="constant", warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, beta=BETA,
-                      loss_type="sigmoid", dtype="float32", prefix_weight=1.0, max_steps=steps, epochs=steps,
-                      packing=packing)
+                      loss_type="sigmoid", dtype="float32", prefix_weight=1.0, max_steps=steps, epochs=steps * gas,
+                      packing=packing, gradient_checkpointing=bool(spec.get("gradient_checkpointing")))
     table = pa.Table.from_pylist(rows).select(COLUMNS)
     pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
     policy = create_policy(model_dir, cfg, world=1, total_steps=steps, use_gpu=False)
+    import psutil
+
+    rss_before_steps = psutil.Process().memory_info().rss / 2**20
     ends: list[float] = []
     t_begin = time.time()
     state = run_steps(policy, table, cfg, seed=0, rank=0, world=1, total=steps, pad_id=pad_id,
@@ -253,7 +264,68 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
             "step1_logps_rejected_mean": statistics.fmean(r for _, r in logps),
             "losses": [h["loss"] for h in hist], "margins": [h["rewards/margins"] for h in hist],
             "grad_norms": [h["grad_norm"] for h in hist], "pairs_per_step": hist[-1]["pairs"],
-            "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_rss_peak_mb(), 1)}
+            "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_rss_peak_mb(), 1),
+            "rss_mb_before_steps": round(rss_before_steps, 1), "matmul_gflops": peak_gflops,
+            **({"flops_per_step": step_flops(policy.module, rows, packing, B * gas, pad_id)}
+               if spec.get("count_flops") else {})}
+
+
+def _matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This process's fp32 matmul rate (best of ``repeats`` n x n x n products, torch's threads)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return round(2 * n ** 3 / best / 1e9, 1)
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def step_flops(model: Any, rows: list[dict[str, Any]], packing: str, per_step: int, pad_id: int) -> dict[str, Any]:
+    """Useful FLOPs of one optimizer step on ``rows`` (the data set is one step), counted as:
+    6 x non-embedding parameters x positions fed (forward 2, backward 4 per parameter and
+    token; padding not counted), + 6 x hidden x vocab x positions through the LM head, + attention
+    12 x layers x hidden x (keys each query may see, summed: causal, and with turn packing a
+    continuation sees its shared prefix and itself). Embedding lookups, norms and the optimizer
+    are not counted (small here)."""
+    import torch
+
+    from ttpa_ray.train.group_forward import collate_groups
+
+    cfg = model.config
+    embed = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight
+    tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    non_embed = sum(p.numel() for p in model.parameters()) - embed - (0 if tied else head.numel())
+    if packing == "turn":
+        b = collate_groups(rows, pad_id)
+        fed = b.segment >= 0
+        positions = int(fed.sum())
+        head_positions = int(b.head_pos.numel())
+        # a query sees the main tokens before it (visible) and, in a continuation, its own earlier tokens
+        own = torch.zeros_like(b.segment)
+        for g in range(b.segment.shape[0]):
+            seg = b.segment[g]
+            for k in seg.unique().tolist():
+                if k > 0:
+                    idx = (seg == k).nonzero().flatten()
+                    own[g, idx] = torch.arange(1, len(idx) + 1)
+        keys = int((b.visible + own)[fed].sum())
+    else:
+        lens = [len(r["prompt_token_ids"]) + len(r["chosen_token_ids"]) + len(r["rejected_token_ids"])
+                - int(r["divergence_index"]) for r in rows]  # prompt + shared + both suffixes, as packed
+        positions = sum(lens)
+        head_positions = sum(len(r["chosen_token_ids"]) + len(r["rejected_token_ids"]) for r in rows)
+        keys = sum(x * (x + 1) // 2 for x in lens)  # causal upper bound (the two suffixes do not see each other)
+    hidden, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, head.shape[0]
+    flops = 6 * non_embed * positions + 6 * hidden * vocab * head_positions + 12 * layers * hidden * keys
+    return {"positions": positions, "head_positions": head_positions, "attention_keys": keys,
+            "non_embedding_params": non_embed, "flops": float(flops)}
 
 
 def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
@@ -327,7 +399,68 @@ def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
             "step1_logps_chosen_mean": logs[0]["logps/chosen"], "step1_logps_rejected_mean": logs[0]["logps/rejected"],
             "losses": [h["loss"] for h in logs], "margins": [h["rewards/margins"] for h in logs],
             "grad_norms": [h.get("grad_norm") for h in logs], "optim": str(args.optim),
-            "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_rss_peak_mb(), 1)}
+            "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_rss_peak_mb(), 1),
+            "rss_mb_before_steps": round(rss_before_steps, 1), "matmul_gflops": peak_gflops,
+            **({"flops_per_step": step_flops(policy.module, rows, packing, B * gas, pad_id)}
+               if spec.get("count_flops") else {})}
+
+
+def _matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This process's fp32 matmul rate (best of ``repeats`` n x n x n products, torch's threads)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return round(2 * n ** 3 / best / 1e9, 1)
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def step_flops(model: Any, rows: list[dict[str, Any]], packing: str, per_step: int, pad_id: int) -> dict[str, Any]:
+    """Useful FLOPs of one optimizer step on ``rows`` (the data set is one step), counted as:
+    6 x non-embedding parameters x positions fed (forward 2, backward 4 per parameter and
+    token; padding not counted), + 6 x hidden x vocab x positions through the LM head, + attention
+    12 x layers x hidden x (keys each query may see, summed: causal, and with turn packing a
+    continuation sees its shared prefix and itself). Embedding lookups, norms and the optimizer
+    are not counted (small here)."""
+    import torch
+
+    from ttpa_ray.train.group_forward import collate_groups
+
+    cfg = model.config
+    embed = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight
+    tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    non_embed = sum(p.numel() for p in model.parameters()) - embed - (0 if tied else head.numel())
+    if packing == "turn":
+        b = collate_groups(rows, pad_id)
+        fed = b.segment >= 0
+        positions = int(fed.sum())
+        head_positions = int(b.head_pos.numel())
+        # a query sees the main tokens before it (visible) and, in a continuation, its own earlier tokens
+        own = torch.zeros_like(b.segment)
+        for g in range(b.segment.shape[0]):
+            seg = b.segment[g]
+            for k in seg.unique().tolist():
+                if k > 0:
+                    idx = (seg == k).nonzero().flatten()
+                    own[g, idx] = torch.arange(1, len(idx) + 1)
+        keys = int((b.visible + own)[fed].sum())
+    else:
+        lens = [len(r["prompt_token_ids"]) + len(r["chosen_token_ids"]) + len(r["rejected_token_ids"])
+                - int(r["divergence_index"]) for r in rows]  # prompt + shared + both suffixes, as packed
+        positions = sum(lens)
+        head_positions = sum(len(r["chosen_token_ids"]) + len(r["rejected_token_ids"]) for r in rows)
+        keys = sum(x * (x + 1) // 2 for x in lens)  # causal upper bound (the two suffixes do not see each other)
+    hidden, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, head.shape[0]
+    flops = 6 * non_embed * positions + 6 * hidden * vocab * head_positions + 12 * layers * hidden * keys
+    return {"positions": positions, "head_positions": head_positions, "attention_keys": keys,
+            "non_embedding_params": non_embed, "flops": float(flops)}
 
 
 def worker_memory(spec: dict[str, Any], zero: int, dtype: str = "float32") -> dict[str, Any]:
@@ -571,6 +704,43 @@ def _turns_case(quick: bool, tmp: Path) -> dict[str, Any]:
             "sides": {k: {kk: vv for kk, vv in v.items() if kk != "ref_logps"} for k, v in sides.items()}}
 
 
+def _step_case(quick: bool, tmp: Path) -> dict[str, Any]:
+    """The demo's optimizer step (4 turns of 3 rejected each, fp32, ZeRO-0, 1 worker): peak RSS
+    and the share of the machine's matmul rate the step reaches (useful FLOPs / step seconds /
+    the fp32 matmul GFLOP/s measured in the same process), before (pair packing, 4 pairs per
+    micro-batch, as the demo trained until turn packing) and now (turn packing, 1 turn per
+    micro-batch, accumulated over 4), without and with gradient checkpointing. No reference
+    model in the process (the reference is a stage of its own)."""
+    from ttpa_ray.models.registry import resolve
+
+    c = CASES["step"]
+    steps = c["warmup"] + (c["quick_steps"] if quick else c["steps"])
+    rows = turn_pairs(resolve(c["model"]), c["turns"], c["k"])
+    n = len(rows)
+    common = {"model": c["model"], "warmup": c["warmup"], "steps": steps, "pairs": rows, "zero_ref": True,
+              "count_flops": True}
+    specs = {"pair_before": {"packing": "pair", "batch": 4, "gas": n // 4},
+             "turn": {"packing": "turn", "batch": 1, "gas": c["turns"]},
+             "turn_ckpt": {"packing": "turn", "batch": 1, "gas": c["turns"], "gradient_checkpointing": True}}
+    sides = {side: _run_measured("ours", common | extra, tmp) for side, extra in specs.items()}
+    out: dict[str, Any] = {"model": c["model"], "turns": c["turns"], "rejected_per_turn": c["k"], "pairs_per_step": n,
+                           "goal_peak_rss_mb": GOALS["step_rss_mb"], "goal_flop_share": GOALS["step_flop_share"],
+                           "sides": {}}
+    for side, r in sides.items():
+        f = r["flops_per_step"]
+        share = f["flops"] / r["seconds_per_step"] / (r["matmul_gflops"] * 1e9)
+        out["sides"][side] = {"seconds_per_step": round(r["seconds_per_step"], 3),
+                              "seconds_per_pair": round(r["seconds_per_step"] / n, 3),
+                              "peak_rss_mb": r["peak_rss_mb"], "rss_mb_before_steps": r["rss_mb_before_steps"],
+                              "gflops_per_step": round(f["flops"] / 1e9, 1),
+                              "achieved_gflops": round(f["flops"] / r["seconds_per_step"] / 1e9, 1),
+                              "matmul_gflops": r["matmul_gflops"], "flop_share": round(share, 3),
+                              "positions": f["positions"], "head_positions": f["head_positions"],
+                              "other_cpu_cores_measured_steps": r["other_cpu_cores_measured_steps"],
+                              "step_seconds_all": r["step_seconds_all"], "losses": r["losses"]}
+    return out
+
+
 def _speed_case(name: str, quick: bool, tmp: Path) -> dict[str, Any]:
     from ttpa_ray.models.registry import resolve
 
@@ -684,6 +854,12 @@ def _table(report: dict[str, Any]) -> str:
                      f"{turns['correctness']['loss_max_abs_diff_turn_vs_pair']:.2e}; goal >= "
                      f"{turns['goal_speedup_over_pair']}x over pair packing: "
                      f"{'met' if turns['goal_met'] else 'NOT met'}")
+    step = report["cases"].get("step")
+    if step:
+        for side, v in step["sides"].items():
+            lines.append(f"{'step':<7} {side:<16} {v['seconds_per_step']:>8.3f} s/step, peak RSS {v['peak_rss_mb']:.0f} MB "
+                         f"(goal <= {step['goal_peak_rss_mb']}), {v['achieved_gflops']:.1f} of {v['matmul_gflops']:.0f} "
+                         f"GFLOP/s = {v['flop_share']:.0%} (goal >= {step['goal_flop_share']:.0%})")
     for case in ("memory", "memory_short", "memory_ckpt"):
         mem = report["cases"].get(case) or {}
         for dtype, m in mem.get("by_dtype", {}).items():
@@ -700,8 +876,8 @@ def main() -> None:
     global MAX_WAIT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer measured steps (a smoke run of the bench)")
-    ap.add_argument("--cases", default="short,long,turns,memory,memory_short,memory_ckpt",
-                    help="comma-separated subset of short,long,turns,memory,memory_short,memory_ckpt")
+    ap.add_argument("--cases", default="short,long,turns,step,memory,memory_short,memory_ckpt",
+                    help="comma-separated subset of short,long,turns,step,memory,memory_short,memory_ckpt")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     ap.add_argument("--max-wait", type=float, default=MAX_WAIT,
                     help="seconds to wait for other processes to go idle before each measurement")
@@ -752,6 +928,8 @@ def main() -> None:
                 report["cases"][name] = _memory_case(args.quick, Path(tmp), gradient_checkpointing=True)
             elif name == "turns":
                 report["cases"][name] = _turns_case(args.quick, Path(tmp))
+            elif name == "step":
+                report["cases"][name] = _step_case(args.quick, Path(tmp))
             else:
                 report["cases"][name] = _speed_case(name, args.quick, Path(tmp))
     report["total_seconds"] = round(time.perf_counter() - t0, 1)

@@ -56,6 +56,10 @@ def test_paired_comparison_hand_cases():
     # Equal accuracies can still disagree entry by entry: 0 difference, a wide interval around it.
     d = paired_comparison([1] * 5 + [0] * 5, [0] * 5 + [1] * 5)
     assert d["diff"] == 0.0 and d["ci"][0] < -0.2 < 0.2 < d["ci"][1] and d["mcnemar_p"] == 1.0
+    # 3 entries that all flipped: the bootstrap interval collapses to [-1, -1], the exact test
+    # says p = 0.25: not significant.
+    few = paired_comparison([1, 1, 1], [0, 0, 0])
+    assert few["ci"] == [-1.0, -1.0] and few["mcnemar_p"] == 0.25 and not few["significant"]
     empty = paired_comparison([], [])
     assert empty["n"] == 0 and empty["ci"] is None
     with pytest.raises(ValueError, match="same entries"):

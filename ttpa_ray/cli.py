@@ -84,7 +84,7 @@ def _print_paired(path: Path) -> None:
     records = [r for r in json.loads(path.read_text()) if r["category"] in ("overall", "episodes")]
     if records:
         print("\n" + "\n".join("  " + line for line in format_comparisons(records).splitlines()))
-        print(f"  (* the 95% CI of the difference excludes 0; every category: {path})")
+        print(f"  (* the 95% CI of the difference excludes 0 and McNemar p < 0.05; every category: {path})")
 
 
 def _stage(args: argparse.Namespace) -> int:

@@ -295,7 +295,7 @@ def _paired(records: list[dict[str, Any]]) -> Table | Note:
     return Table("Paired comparisons on the same entries (b - a; 95% paired bootstrap CI of the difference; "
                  "McNemar's exact test on the entries only one model got right)",
                  ["b vs a", "category", "n", "a", "b", "b - a", "95% CI", "only b right", "only a right",
-                  "McNemar p", "CI excludes 0"], rows)
+                  "McNemar p", "significant (CI excludes 0, p < 0.05)"], rows)
 
 
 def _sft(run: RunData) -> Table:
