@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from ttpa_ray.train.group_forward import GroupBatch, collate_groups, group_logps, group_pairs
+from ttpa_ray.train.group_forward import GroupBatch, collate_groups, group_logps, group_pairs, turn_logps
 from ttpa_ray.train.losses import dpo_loss
-from ttpa_ray.train.pair_forward import collate_pairs, naive_pair_logps, pair_logps
+from ttpa_ray.train.pair_forward import collate_pairs, naive_pair_logps, pair_logps, tail_weights
 
 EOS = 2
 VOCAB = 100
@@ -235,3 +235,37 @@ def test_every_bad_row_is_listed_and_empty_input_refused():
         collate_groups([], pad_token_id=0)
     with pytest.raises(ValueError, match="pad_token_id"):
         collate_groups([_bad()], pad_token_id=-1)
+
+
+def test_decision_only_pairs_count_their_divergence_token_alone(model):
+    """``train.decision_only``: a listed pair's log-probs are those of its divergence token,
+    on both sides (checked against the full forward's per-token values), the same in turn and
+    pair packing; pairs not listed keep every token."""
+    rows, _ = _rows(seed=3)
+    kinds = ["call-or-not", "value", "name", "call-or-not", "key", "value", "call-or-not"]
+    rows = [r | {"branch_kind": k} for r, k in zip(rows, kinds)]
+    tail = tail_weights(rows, ["call-or-not"])
+    assert tail.tolist() == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+    with torch.no_grad():
+        full = group_logps(model, collate_groups(rows, pad_token_id=0), 0.0)
+        fast = group_logps(model, collate_groups(rows, pad_token_id=0), 0.0, tail)
+        ref = pair_logps(model, collate_pairs(rows, pad_token_id=0), 0.0, tail)
+        turn = turn_logps(model, rows, 0, 0.0, ["call-or-not"])
+    _assert_same(fast, ref)
+    _assert_same(turn, ref)
+    for i, r in enumerate(rows):
+        d, c, j = r["divergence_index"], r["chosen_token_ids"], r["rejected_token_ids"]
+        if tail[i] == 1:
+            assert _close(fast.chosen[i], full.chosen[i]) and _close(fast.rejected[i], full.rejected[i])
+            continue
+        # The divergence token alone: its log-prob from a plain forward of prompt + seq[:d].
+        for side, seq, got in (("chosen", c, fast.chosen[i]), ("rejected", j, fast.rejected[i])):
+            if len(seq) <= d:
+                assert got == 0 and getattr(fast, f"{side}_tokens")[i] == 0
+                continue
+            with torch.no_grad():
+                logits = model(torch.tensor([r["prompt_token_ids"] + seq[:d]])).logits[0, -1]
+            want = logits.double().log_softmax(-1)[seq[d]]
+            assert _close(got, want), (i, side, float(got), float(want))
+            assert getattr(fast, f"{side}_tokens")[i] == 1
+        assert (fast.rejected[i] - full.rejected[i]).abs() > 1e-3 or len(j) <= d + 1  # the tail did count before

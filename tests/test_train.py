@@ -166,20 +166,30 @@ def turn_pairs(turns: int, k: int, seed: int = 0) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_turn_packing_policy_equal_to_reference_ties_exactly(tiny_model, process_group, tmp_path):
+@pytest.mark.parametrize("decision_only", [[], ["call-or-not"]])
+def test_turn_packing_policy_equal_to_reference_ties_exactly(tiny_model, process_group, tmp_path, decision_only):
     """Reference and train pack each turn the same way: at step 1 (policy = reference) every
     log-ratio is exactly 0, the loss exactly ln 2, and ties count as not accurate. Batches
-    count turns: one turn of 3 pairs per micro-batch."""
+    count turns: one turn of 3 pairs per micro-batch. With ``decision_only`` both stages score
+    the listed pairs on their divergence token alone."""
     from ttpa_ray.train.reference import ReferenceBatch
 
-    rows = turn_pairs(4, 3)
-    ref = ReferenceBatch(str(tiny_model), "float32", prefix_weight=1.0, batch_size=4, packing="turn")
-    out = ref({k: [r[k] for r in rows] for k in REFERENCE_INPUTS})  # the whole batch, as Ray Data hands it
-    for r, c, j in zip(rows, out["ref_chosen_logps"], out["ref_rejected_logps"]):
+    rows = [r | {"branch_kind": "call-or-not" if r["id"] % 3 == 0 else "value"} for r in turn_pairs(4, 3)]
+    cols = REFERENCE_INPUTS + ["branch_kind"]
+    ref = ReferenceBatch(str(tiny_model), "float32", prefix_weight=1.0, batch_size=4, packing="turn",
+                         decision_only=decision_only)
+    out = ref({k: [r[k] for r in rows] for k in cols})  # the whole batch, as Ray Data hands it
+    full = ReferenceBatch(str(tiny_model), "float32", prefix_weight=1.0, batch_size=4, packing="turn")(
+        {k: [r[k] for r in rows] for k in cols})
+    for r, c, j, fc, fj in zip(rows, out["ref_chosen_logps"], out["ref_rejected_logps"], full["ref_chosen_logps"],
+                               full["ref_rejected_logps"]):
         r["ref_chosen_logps"], r["ref_rejected_logps"] = float(c), float(j)
+        listed = r["branch_kind"] in decision_only and len(r["chosen_token_ids"]) > r["divergence_index"] + 1
+        assert (c > fc) == listed  # dropping the tail's (negative) log-probs raises the sum
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
     history, _, _ = _run_local(tiny_model, tmp_path / "pairs.parquet", 2, micro_batch_size=1,
-                               gradient_accumulation_steps=2, zero_stage=0, packing="turn")
+                               gradient_accumulation_steps=2, zero_stage=0, packing="turn",
+                               decision_only=decision_only)
     first = history[0]
     assert first["pairs"] == 6 and first["rewards/chosen"] == 0.0 and first["rewards/margins"] == 0.0
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-7) and first["rewards/accuracies"] == 0.0  # ties: not accurate
@@ -367,3 +377,17 @@ def test_loss_equals_trl_dpotrainer_on_the_same_tokens(tiny_model, loss_type, tm
     ours = ours.mean() + (0.5 * sft_loss(lp.chosen, lp.chosen_tokens) if sft else 0.0)
     assert ours.item() == pytest.approx(trl_loss.item(), abs=1e-6)
     assert abs(ours.item() - math.log(2)) > 1e-3  # a reference far from the policy: a real check
+
+
+def test_decision_only_without_branch_kind_is_refused_with_the_fix(tmp_path):
+    from ttpa_ray.train.loop import prepare_pairs
+
+    rows = [r | {"ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0} for r in synthetic_pairs(2, 50)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    with pytest.raises(ValueError, match=r"branch_kind column.*decision_only: \[\]"):
+        prepare_pairs(tmp_path / "pairs.parquet", TrainConfig(decision_only=["call-or-not"]))
+    pq.write_table(pa.Table.from_pylist([r | {"branch_kind": "value"} for r in rows]), tmp_path / "pairs.parquet")
+    table, _ = prepare_pairs(tmp_path / "pairs.parquet", TrainConfig(decision_only=["call-or-not"]))
+    assert table.column("branch_kind").to_pylist() == ["value", "value"]
+    with pytest.raises(ValueError, match="decision_only"):
+        TrainConfig(decision_only=["call_or_not"])  # a typo is named

@@ -434,6 +434,11 @@ class TrainConfig(TrainerConfig):
                               "included, which the pair's shared prefix does not; 0 = pure DPO/IPO.")
     prefix_weight: float = Field(1.0, ge=0, le=1, description="Weight of completion tokens before a pair's "
                                  "divergence token (shared by chosen and rejected); 0 = count only from it on.")
+    decision_only: list[Literal["call-or-not", "name", "key", "value"]] = Field(
+        default_factory=list, description="Pairs whose branch kind is listed are scored (in reference and train) "
+        "on their divergence token alone, the decision, not on the completion after it. For call-or-not pairs "
+        "the rejected side is otherwise a whole call whose closing tokens DPO pushes down with the decision "
+        "(README, 'The demo'); [] = every completion token counts.")
     pair_weights: Literal["none", "score_margin"] = Field(
         "none", description="score_margin: weight each pair by its ESM score margin (mean weight 1).")
     packing: Literal["turn", "pair"] = Field(

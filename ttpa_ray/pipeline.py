@@ -97,7 +97,8 @@ def _reference(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
 
     dtype = resolve_dtype(job.train.dtype, job.train.use_gpu)
     return run_reference(job.reference, _start_model(job), dtype, job.train.prefix_weight,
-                         _upstream_file(job, "sample", "pairs.parquet"), out, packing=job.train.packing)
+                         _upstream_file(job, "sample", "pairs.parquet"), out, packing=job.train.packing,
+                         decision_only=job.train.decision_only)
 
 
 def _train(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
@@ -158,7 +159,8 @@ STAGES: dict[str, tuple[Callable[[JobConfig, Path, bool], dict[str, Any]], tuple
     "sample": (_sample, ("sample", "target", "score", "seed", "evaluate.enabled", "evaluate.held_out_fraction",
                          "sft.enabled"), ("construct", "sft")),
     "reference": (_reference, ("reference", "target.model", "train.model", "train.from_sft", "train.dtype",
-                               "train.use_gpu", "train.prefix_weight", "train.packing", "sft.enabled"), ("sample", "sft")),
+                               "train.use_gpu", "train.prefix_weight", "train.packing", "train.decision_only",
+                               "sft.enabled"), ("sample", "sft")),
     "train": (_train, ("train", "target", "seed", "sft.enabled"), ("reference", "sft")),
     "evaluate": (_evaluate, ("evaluate", "target", "score", "seed", "train.enabled", "sft.enabled", "construct.catalog"),
                  ("construct", "sft", "train")),

@@ -34,7 +34,7 @@ from ttpa_ray.train import plan
 from ttpa_ray.train.losses import dpo_loss, sft_loss
 from ttpa_ray.train.memory_profile import TensorMemoryProfile
 from ttpa_ray.train.group_forward import group_pairs, turn_logps
-from ttpa_ray.train.pair_forward import collate_pairs, pair_logps
+from ttpa_ray.train.pair_forward import collate_pairs, pair_logps, tail_weights
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ Hook = Callable[[dict[str, Any]], None]
 
 def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, int]]:
     """The reference stage's pairs as training reads them: pairs with a reference error left
-    out (counted), a ``weight`` per pair (``train.pair_weights``), :data:`COLUMNS` only."""
+    out (counted), a ``weight`` per pair (``train.pair_weights``), :data:`COLUMNS` only (and
+    ``branch_kind`` with ``train.decision_only``)."""
     table = pq.read_table(pairs)
     if table.num_rows == 0:
         raise ValueError(f"{pairs} has no pairs: nothing to train on (see the sample stage's manifest)")
@@ -54,6 +55,9 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
     if missing:
         raise ValueError(f"{pairs} lacks columns {missing}: it must come from the reference stage (ttpa run ... "
                          "--from reference)")
+    if cfg.decision_only and "branch_kind" not in table.column_names:
+        raise ValueError(f"train.decision_only {cfg.decision_only} needs the pairs' branch_kind column, which {pairs} "
+                         "lacks (the sample stage writes it); set train.decision_only: [] for these pairs")
     errors = table.column("ref_error").to_pylist() if "ref_error" in table.column_names else [None] * table.num_rows
     table = table.filter(pa.array([e is None for e in errors]))
     if cfg.pair_weights == "score_margin":
@@ -64,7 +68,8 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
     else:
         weights = [1.0] * table.num_rows
     table = table.append_column("weight", pa.array(weights, pa.float64()))
-    return table.select(COLUMNS), {"pairs": table.num_rows, "pairs_with_ref_error": len(errors) - table.num_rows}
+    keep = COLUMNS + (["branch_kind"] if cfg.decision_only else [])
+    return table.select(keep), {"pairs": table.num_rows, "pairs_with_ref_error": len(errors) - table.num_rows}
 
 
 class StepMetrics:
@@ -121,10 +126,10 @@ def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id:
     """(per-pair losses (B,), chosen rewards (B,), rejected rewards (B,), the objective to
     backpropagate, tokens) of one micro-batch of pairs."""
     if cfg.packing == "turn":
-        lp = turn_logps(policy.module, rows, pad_id, prefix_weight=cfg.prefix_weight)
+        lp = turn_logps(policy.module, rows, pad_id, prefix_weight=cfg.prefix_weight, decision_only=cfg.decision_only)
     else:
         lp = pair_logps(policy.module, collate_pairs(rows, pad_token_id=pad_id).to(policy.device),
-                        prefix_weight=cfg.prefix_weight)
+                        prefix_weight=cfg.prefix_weight, tail_weight=tail_weights(rows, cfg.decision_only))
     ref_c = torch.tensor([r["ref_chosen_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
     ref_r = torch.tensor([r["ref_rejected_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
     pc, pr = lp.chosen, lp.rejected

@@ -153,9 +153,24 @@ def _packed_mask(batch: PairBatch, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return pos, mask[:, None]
 
 
-def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 1.0) -> PairLogps:
+def tail_weights(rows: Sequence[Mapping[str, Any]], decision_only: Sequence[str] = ()) -> Tensor | None:
+    """(B,) weight of each pair's completion tokens after its divergence token: 0 for a pair
+    whose ``branch_kind`` is in ``decision_only`` (scored on the divergence token alone), else 1;
+    None when ``decision_only`` is empty (every token counts).
+
+    >>> tail_weights([{"branch_kind": "call-or-not"}, {"branch_kind": "value"}, {}], ["call-or-not"]).tolist()
+    [0.0, 1.0, 1.0]
+    """
+    if not decision_only:
+        return None
+    return torch.tensor([0.0 if r.get("branch_kind") in decision_only else 1.0 for r in rows], dtype=torch.float64)
+
+
+def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 1.0,
+               tail_weight: Tensor | None = None) -> PairLogps:
     """Shared-prefix forward of a HF causal LM. ``prefix_weight`` weights the completion tokens
-    before the divergence token (0: only tokens from the divergence on count)."""
+    before the divergence token (0: only tokens from the divergence on count); ``tail_weight``
+    (B,), from :func:`tail_weights`, those after it (default 1)."""
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
     B, P = batch.prefix_ids.shape
     device = batch.prefix_ids.device
@@ -195,8 +210,10 @@ def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 
     shared_sum = torch.zeros(B, dtype=dtype, device=device).index_add(
         0, torch.arange(B, device=device)[:, None].expand(B, P)[shared], lp_shared)
     rest_sum = torch.zeros(2 * B, dtype=dtype, device=device).index_add(0, rows, lp_rest).view(B, 2)
-    total = prefix_weight * shared_sum[:, None] + lp_first + rest_sum            # (B, 2)
-    tokens = prefix_weight * batch.divergence_index[:, None].to(dtype) + batch.suffix_mask.sum(-1).view(B, 2)
+    tail = torch.ones(B, dtype=dtype, device=device) if tail_weight is None else tail_weight.to(device, dtype)
+    total = prefix_weight * shared_sum[:, None] + lp_first + tail[:, None] * rest_sum     # (B, 2)
+    tokens = (prefix_weight * batch.divergence_index[:, None].to(dtype) + first_mask.to(dtype)
+              + tail[:, None] * batch.suffix_mask[:, 1:].sum(-1).view(B, 2).to(dtype))
     return PairLogps(total[:, 0], total[:, 1], tokens[:, 0], tokens[:, 1])
 
 

@@ -25,7 +25,8 @@ class ReferenceBatch:
     """Ray Data callable class: pair columns in, ``ref_chosen_logps``, ``ref_rejected_logps``,
     ``ref_error`` out."""
 
-    def __init__(self, model_dir: str, dtype: str, prefix_weight: float, batch_size: int, packing: str = "turn"):
+    def __init__(self, model_dir: str, dtype: str, prefix_weight: float, batch_size: int, packing: str = "turn",
+                 decision_only: list[str] | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -35,23 +36,26 @@ class ReferenceBatch:
         self.prefix_weight = prefix_weight
         self.batch_size = batch_size
         self.packing = packing
+        self.decision_only = list(decision_only or [])
 
     def logps(self, rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
         import torch
 
         from ttpa_ray.train.group_forward import turn_logps
-        from ttpa_ray.train.pair_forward import collate_pairs, pair_logps
+        from ttpa_ray.train.pair_forward import collate_pairs, pair_logps, tail_weights
 
         with torch.no_grad():
             if self.packing == "turn":
-                lp = turn_logps(self.model, rows, self.pad_id, self.prefix_weight)
+                lp = turn_logps(self.model, rows, self.pad_id, self.prefix_weight, self.decision_only)
             else:
-                lp = pair_logps(self.model, collate_pairs(rows, self.pad_id).to(self.device), self.prefix_weight)
+                lp = pair_logps(self.model, collate_pairs(rows, self.pad_id).to(self.device), self.prefix_weight,
+                                tail_weights(rows, self.decision_only))
         return list(zip(lp.chosen.double().tolist(), lp.rejected.double().tolist()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
-        rows = [{k: (batch[k][i].tolist() if hasattr(batch[k][i], "tolist") else batch[k][i]) for k in REFERENCE_INPUTS}
+        keys = REFERENCE_INPUTS + (["branch_kind"] if "branch_kind" in batch else [])
+        rows = [{k: (batch[k][i].tolist() if hasattr(batch[k][i], "tolist") else batch[k][i]) for k in keys}
                 for i in range(n)]
         chosen, rejected, errors = [math.nan] * n, [math.nan] * n, [None] * n
         if self.packing == "turn":  # one forward per turn's group, as train runs it

@@ -285,7 +285,7 @@ def turn_blocks(table: pa.Table, size: int) -> list[pa.Table]:
 
 
 def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: float, pairs: Path, out: Path,
-                  packing: str = "turn") -> dict[str, Any]:
+                  packing: str = "turn", decision_only: list[str] | None = None) -> dict[str, Any]:
     """The ``reference`` stage: ``pairs`` (``sample/pairs.parquet``) on a pool of
     :class:`~ttpa_ray.train.reference.ReferenceBatch` actors, written to ``out/pairs.parquet``
     with every sample column kept and ``ref_chosen_logps``, ``ref_rejected_logps``, ``ref_error``
@@ -316,7 +316,8 @@ def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: f
         ds = ray.data.from_arrow(table).repartition(max(1, table.num_rows // cfg.pool.batch_size))
     ds = ds.map_batches(ReferenceBatch, fn_constructor_kwargs={"model_dir": str(model_dir), "dtype": dtype,
                                                                "prefix_weight": prefix_weight,
-                                                               "batch_size": cfg.batch_size, "packing": packing},
+                                                               "batch_size": cfg.batch_size, "packing": packing,
+                                                               "decision_only": list(decision_only or [])},
                         **kwargs)
     rows = sorted(collect(ds.iter_rows(), "reference", table.num_rows), key=lambda r: r["id"])
     for r in rows:
