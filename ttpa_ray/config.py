@@ -438,7 +438,8 @@ class TrainConfig(TrainerConfig):
         default_factory=list, description="Pairs whose branch kind is listed are scored (in reference and train) "
         "on their divergence token alone, the decision, not on the completion after it. For call-or-not pairs "
         "the rejected side is otherwise a whole call whose closing tokens DPO pushes down with the decision "
-        "(README, 'The demo'); [] = every completion token counts.")
+        "(README, 'The demo'); the sft_weight NLL of such a pair's chosen side is its divergence token too. "
+        "[] = every completion token counts.")
     pair_weights: Literal["none", "score_margin"] = Field(
         "none", description="score_margin: weight each pair by its ESM score margin (mean weight 1).")
     packing: Literal["turn", "pair"] = Field(
