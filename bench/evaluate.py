@@ -12,7 +12,10 @@ cores) and greedy decoding with the demo's ``max_tokens``:
 
 - **before**: ``evaluate.batch_size: null``, i.e. the engine pool's 8 rows per engine call
   (the evaluate stage until this bench);
-- **after**: ``evaluate.batch_size: 64`` (the default now).
+- **after**: ``evaluate.batch_size: 64`` (the default now);
+- **floor**: as after but ``max_tokens: 1``: engine load, Ray start, scoring and the prompts'
+  prefill, without decoding. No batching or decoding lever can take the stage below it, so
+  ``before / floor`` bounds the speedup any such lever can give on these prompts.
 
 The sides alternate (before, after, before, after, ...) so that a machine that gets busier
 affects both; rows/s is given per repeat, and ``agreement`` is the share of rows whose
@@ -32,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SIDES = {"before": None, "after": 64}
+SIDES = {"before": {"batch_size": None}, "after": {"batch_size": 64}, "floor": {"batch_size": 64, "max_tokens": 1}}
 CATEGORIES = ["simple", "multiple", "parallel", "parallel_multiple", "irrelevance"]
 
 
@@ -43,7 +46,7 @@ def worker(side: str, model: str, per_category: int, out: Path) -> dict:
 
     job = load_job(Path(__file__).parents[1] / "jobs" / "demo-cpu.yaml", [])
     cfg = job.evaluate.model_copy(update={"categories": CATEGORIES, "max_per_category": per_category,
-                                          "pass_rate": False, "batch_size": SIDES[side]})
+                                          "pass_rate": False, **SIDES[side]})
     init_ray(None, job.ray.num_cpus)
     t0 = time.perf_counter()
     counts = run_evaluate(cfg, job.target, job.score, model, None, out, seed=job.seed)
@@ -54,7 +57,8 @@ def worker(side: str, model: str, per_category: int, out: Path) -> dict:
     return {"seconds": round(seconds, 1), "rows": counts["bfcl_rows"],
             "rows_per_s": round(counts["bfcl_rows"] / seconds, 4), "accuracy": counts["bfcl_accuracy"],
             "completion_tokens": sum(int(r["completion_tokens"]) for r in rows),
-            "generation_errors": counts["generation_errors"], "batch_size": SIDES[side] or job.target.pool.batch_size,
+            "generation_errors": counts["generation_errors"], "max_tokens": cfg.max_tokens,
+            "batch_size": cfg.batch_size or job.target.pool.batch_size,
             "predictions": {f"{r['category']}/{r['id']}": r["prediction"] for r in rows}}
 
 
@@ -93,6 +97,10 @@ def main() -> None:
               "rows_per_s": {s: {"min": min(v), "max": max(v)} for s, v in rps.items()},
               "speedup": {"min": round(min(rps["after"]) / max(rps["before"]), 2),
                           "max": round(max(rps["after"]) / min(rps["before"]), 2)},
+              "bound": {"min": round(min(rps["floor"]) / max(rps["before"]), 2),
+                        "max": round(max(rps["floor"]) / min(rps["before"]), 2),
+                        "how": "before's seconds over floor's (max_tokens 1): the most any batching or decoding "
+                               "lever could give on these prompts"},
               "agreement": round(same / max(1, len(first["before"])), 4)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -99,7 +99,7 @@ def test_ray_data_actor_pool(tiny_model, ray_local):
 def test_json_schema_constrained_decoding_vllm(smollm2, ray_local):
     from ttpa_ray.engines.actors import EngineActor
 
-    cfg = EngineConfig(backend="vllm", model="smollm2-135m-instruct", max_model_len=1024).model_dump()
+    cfg = EngineConfig(backend="vllm", model="smollm2-135m-instruct", dtype="float32", max_model_len=1024).model_dump()
     actor = ray_local.remote(num_cpus=1)(EngineActor).remote(cfg)
     asks = ["Weather in Paris for 3 days, celsius.", "Forecast for Tokyo, two days, in fahrenheit.",
             "Give me Berlin's weather for a week.", "Oslo, 5 days."]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ttpa_ray.evaluate import metrics as em
-from ttpa_ray.instances import is_held_out
+from ttpa_ray.instances import held_out_ids
 from ttpa_ray.config import EngineConfig, EvaluateConfig, JobConfig, ScoreConfig
 from ttpa_ray.engines.base import Completion, Generation, SamplingParams
 from ttpa_ray.score.esm import esm_score
@@ -139,17 +139,32 @@ def test_group_metrics_and_table():
 # --------------------------------------------------------------------------- split and rows
 
 
-def test_is_held_out_is_deterministic_nested_and_near_the_fraction():
-    ids = range(20000)
-    a = [i for i in ids if is_held_out(i, 0.2, seed=0)]
-    assert a == [i for i in ids if is_held_out(i, 0.2, seed=0)]
-    assert abs(len(a) / 20000 - 0.2) < 0.01
-    small = {i for i in ids if is_held_out(i, 0.1, seed=0)}
-    assert small < set(a)                                          # a larger fraction only adds instances
-    assert a != [i for i in ids if is_held_out(i, 0.2, seed=1)]  # the seed changes the split
-    assert not any(is_held_out(i, 0.0, 0) for i in range(200)) and all(is_held_out(i, 1.0, 0) for i in range(200))
+KIND_COUNTS = {"single": 6, "multiple": 3, "parallel": 3, "parallel_multiple": 2, "irrelevance": 8}
+
+
+def _kinds(counts: dict[str, int]) -> list[dict]:
+    return [{"id": i, "kind": k} for i, k in enumerate(k for k, n in counts.items() for _ in range(n))]
+
+
+def test_held_out_split_is_stratified_by_kind_deterministic_and_seeded():
+    insts = _kinds(KIND_COUNTS)  # 22 instances, the demo's sort of mix
+    held = held_out_ids(insts, 0.2, seed=0)
+    kind = {r["id"]: r["kind"] for r in insts}
+    per_kind = {k: sum(kind[i] == k for i in held) for k in KIND_COUNTS}
+    # round(0.2 * 22) = 4; floors: single 1, irrelevance 1; the two largest remainders
+    # (multiple .6, parallel .6, irrelevance .6: a seeded tie-break) take the other two.
+    assert len(held) == 4 and per_kind["single"] == 1 and per_kind["parallel_multiple"] == 0
+    assert 1 <= per_kind["irrelevance"] <= 2 and per_kind["multiple"] + per_kind["parallel"] + per_kind["irrelevance"] == 3
+    assert held == held_out_ids(list(reversed(insts)), 0.2, seed=0)  # the order of the rows does not matter
+    assert any(held_out_ids(insts, 0.2, seed=s) != held for s in range(1, 5))  # the seed changes the split
+    big = _kinds({"single": 500, "irrelevance": 1500})
+    split = held_out_ids(big, 0.3, seed=3)
+    assert len(split) == 600 and sum(i < 500 for i in split) == 150  # exactly in proportion
+    assert held_out_ids(insts, 0.0, 0) == frozenset() and held_out_ids(insts, 1.0, 0) == {r["id"] for r in insts}
+    assert len(held_out_ids(insts, 0.99, 0)) == 21  # below 1, one instance is always left to train on
+    assert len(held_out_ids([{"id": i} for i in range(10)], 0.5, 0)) == 5  # no kind column: one stratum
     with pytest.raises(ValueError, match=r"held_out_fraction must be in \[0, 1\]"):
-        is_held_out(1, 1.5, 0)
+        held_out_ids(insts, 1.5, 0)
 
 
 def instance(i: int, tools: list[dict], calls: list[list[dict]], query: str = "Weather in Lisbon?") -> dict:

@@ -461,7 +461,8 @@ class EvaluateConfig(Section):
         50, ge=1, description="First N entries of each BFCL category (CPU runs); null = all of them.")
     held_out_fraction: float = Field(
         0.2, ge=0, le=1, description="Share of constructed instances held out from sampling and evaluated; "
-        "which ones is a deterministic function of (instance id, job seed).")
+        "stratified by instance kind, so each kind is held out in proportion; which ones is a deterministic "
+        "function of the instances and the job seed.")
     max_tokens: int = Field(256, ge=8, description="Greedy generation budget per assistant turn.")
     batch_size: int | None = Field(
         64, ge=1, description="Rows per engine call (one batched generation) during evaluation; null = the "

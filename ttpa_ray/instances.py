@@ -10,13 +10,16 @@ hold several user turns.
 Its gold turns (:func:`turn_rows`) are every assistant message with calls, and every text
 answer that directly follows a user message (a no-call turn: the model should answer, not call).
 The final answer after tool results is not a gold turn. The held-out split
-(``evaluate.held_out_fraction``) keeps some instances out of sampling and training, for evaluation.
+(``evaluate.held_out_fraction``, :func:`held_out_ids`) keeps some instances out of SFT, sampling and
+training, for evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -55,16 +58,38 @@ def turn_rows(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def is_held_out(instance_id: int, fraction: float, seed: int) -> bool:
-    """Is this constructed instance held out of sampling and training? A hash of (seed, id):
-    stable across runs and machines, independent of the other instances.
+def _rank(key: object, seed: int) -> int:
+    """A stable pseudo-random rank of an instance id (or a kind's name) under ``seed``."""
+    return int.from_bytes(hashlib.sha256(f"ttpa-held-out:{seed}:{key}".encode()).digest()[:8], "big")
 
-    >>> [is_held_out(i, 0.5, seed=0) for i in range(6)] == [is_held_out(i, 0.5, seed=0) for i in range(6)]
-    True
-    >>> is_held_out(3, 0.0, seed=0), is_held_out(3, 1.0, seed=0)
-    (False, True)
+
+def held_out_ids(instances: Iterable[dict[str, Any]], fraction: float, seed: int) -> frozenset[int]:
+    """Ids of the instances held out of SFT, sampling and training, for evaluation: the split is
+    stratified by ``kind`` (single, multiple, ..., irrelevance), so a kind that is a third of the
+    instances is about a third of the held-out ones, and a call-free split (no pass-rate
+    episode) cannot happen by chance. ``round(fraction * n)`` instances in all (never all of
+    them unless ``fraction`` is 1); each kind gets ``floor(fraction * its count)``, the rest go
+    to the kinds with the largest remainders. Within a kind, the ids that rank first by a hash
+    of (seed, id): stable across runs and machines. Instances without ``kind`` form one stratum.
+
+    >>> insts = [{"id": i, "kind": "irrelevance" if i < 4 else "single"} for i in range(10)]
+    >>> held = held_out_ids(insts, 0.2, seed=0)
+    >>> len(held), sorted(i < 4 for i in held)   # 2 of 10: one per kind, not two of one kind
+    (2, [False, True])
+    >>> held == held_out_ids(list(reversed(insts)), 0.2, seed=0), held_out_ids(insts, 0.0, seed=0)
+    (True, frozenset())
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"held_out_fraction must be in [0, 1], got {fraction}")
-    digest = hashlib.sha256(f"ttpa-held-out:{seed}:{int(instance_id)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    strata: dict[str, list[int]] = {}
+    for inst in instances:
+        strata.setdefault(str(inst.get("kind") or ""), []).append(int(inst["id"]))
+    n = sum(len(ids) for ids in strata.values())
+    total = math.floor(fraction * n + 0.5)
+    if fraction < 1.0:
+        total = min(total, n - 1)
+    quota = {k: math.floor(fraction * len(ids)) for k, ids in strata.items()}
+    rest = sorted(strata, key=lambda k: (-(fraction * len(strata[k]) - quota[k]), _rank(k, seed)))
+    for k in rest[:max(0, total - sum(quota.values()))]:
+        quota[k] += 1
+    return frozenset(i for k, ids in strata.items() for i in sorted(ids, key=lambda i: _rank(i, seed))[:quota[k]])

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ttpa_ray.evaluate.stats import bootstrap_ci
-from ttpa_ray.instances import is_held_out, turn_rows
+from ttpa_ray.instances import held_out_ids, turn_rows
 from ttpa_ray.toolcall import DECODE_FAILED, json_schema_types, load_tools, parse_calls
 
 BFCL_FILES = {"simple": "simple_python", "multiple": "multiple", "parallel": "parallel",
@@ -83,7 +83,9 @@ def held_out_rows(instances: Iterable[dict[str, Any]], fraction: float, seed: in
     """One eval row per gold turn (:func:`~ttpa_ray.instances.turn_rows`) of each held-out instance: a
     call turn, or a no-call turn with gold ``[]`` (a call there is ``unexpected_call``; no call,
     a right tool selection)."""
-    held = [i for i in instances if is_held_out(int(i["id"]), fraction, seed)]
+    instances = list(instances)
+    ids = held_out_ids(instances, fraction, seed)
+    held = [i for i in instances if int(i["id"]) in ids]
     return [{"category": "held_out", "id": f"{t['instance_id']}:{t['turn_index']}", "instance_id": t["instance_id"],
              "turn_index": t["turn_index"], "messages_json": t["prompt_json"], "tools_json": t["tools_json"],
              "prompt_tools_json": t["tools_json"], "gold_json": t["gold_json"], "possible_answer_json": None}
@@ -95,9 +97,11 @@ def episode_rows(instances: Iterable[dict[str, Any]], fraction: float, seed: int
     """Pass-rate episodes: one per user turn (with gold calls) of each held-out instance whose
     tools all have a sandbox implementation. The model gets the conversation up to and with
     the user message; ``gold_names`` are the tools the gold turn called."""
+    instances = list(instances)
+    ids = held_out_ids(instances, fraction, seed)
     rows = []
     for inst in instances:
-        if not is_held_out(int(inst["id"]), fraction, seed):
+        if int(inst["id"]) not in ids:
             continue
         tools = json.loads(inst["tools"])
         if not all(t.get("function", t).get("name") in executable for t in tools):

@@ -13,8 +13,8 @@ trained checkpoint. Everything runs in one Ray Data pass: the engine actor pool
 1. **Single turns**: BFCL v4 AST categories from the ``bfcl-eval`` wheel
    (``evaluate.categories``, the first ``max_per_category`` entries of each), scored against
    BFCL's possible answers; and every assistant turn with gold calls of the held-out
-   instances (:func:`~ttpa_ray.instances.is_held_out` of (instance id, ``seed``,
-   ``held_out_fraction``): the sample stage leaves the same instances out), scored against
+   instances (:func:`~ttpa_ray.instances.held_out_ids` of (instances, ``held_out_fraction``,
+   ``seed``), stratified by kind: sft and sample leave the same instances out), scored against
    the gold calls. Each prompt is rendered with the model's own chat template and tools and
    generated greedily.
 2. **Pass rate** (ToolBench-style, the paper's second metric) on held-out user turns whose

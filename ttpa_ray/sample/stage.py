@@ -48,7 +48,7 @@ import numpy as np
 from ttpa_ray.sample import tps
 from ttpa_ray.config import EngineConfig, SampleConfig, ScoreConfig
 from ttpa_ray.engines.base import SamplingParams
-from ttpa_ray.instances import is_held_out, turn_rows
+from ttpa_ray.instances import held_out_ids, turn_rows
 from ttpa_ray.toolcall import ToolCall, render_with_template
 from ttpa_ray.columns import none_if_nan, object_column
 from ttpa_ray.console import collect
@@ -258,7 +258,8 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
     resolve(target.model)
 
     rows = pq.read_table(instances).to_pylist()
-    kept = [r for r in rows if not is_held_out(r["id"], held_out_fraction, seed)]
+    held = held_out_ids(rows, held_out_fraction, seed)
+    kept = [r for r in rows if int(r["id"]) not in held]
     held_out = len(rows) - len(kept)
     turns = turn_rows(kept)
     no_call_turns = sum(t["gold_json"] == "[]" for t in turns)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ttpa_ray.instances import is_held_out
+from ttpa_ray.instances import held_out_ids
 
 COLUMNS = ("id", "input_ids", "assistant_mask")
 
@@ -74,8 +74,9 @@ def sft_rows(instances: list[dict[str, Any]], tokenizer: Any, max_length: int, h
     and is counted). Conversations longer than ``max_length`` are cut there."""
     rows, counts = [], {"instances": len(instances), "held_out_instances": 0, "conversations": 0,
                         "truncated": 0, "render_errors": 0, "assistant_tokens": 0, "tokens": 0}
+    held = held_out_ids(instances, held_out_fraction, seed)
     for inst in instances:
-        if is_held_out(inst["id"], held_out_fraction, seed):
+        if int(inst["id"]) in held:
             counts["held_out_instances"] += 1
             continue
         row: dict[str, Any] = {"id": int(inst["id"]), "input_ids": [], "assistant_mask": [], "truncated": False,
