@@ -152,3 +152,28 @@ def test_variants_share_construct_and_base_evaluation(tmp_path, fake_stages):
         _job(tmp_path, variants=bad)
     with pytest.raises(ValueError, match=r"variants\.x: sample\.top_k"):
         _job(tmp_path, variants={"x": {"sample.top_k": -1}})
+
+
+def test_a_new_held_out_split_redoes_the_stages_that_apply_it(tmp_path, fake_stages, monkeypatch):
+    job = _job(tmp_path, sft={"enabled": True})
+    pipeline.run_pipeline(job)
+    fake_stages.clear()
+    monkeypatch.setattr(pipeline, "SPLIT_VERSION", pipeline.SPLIT_VERSION + 1)  # held_out_ids picks others
+    pipeline.run_pipeline(job)
+    assert [c[0] for c in fake_stages] == ["sft", "sample", "train"]  # construct kept; train reads sample
+
+
+def test_a_resumed_evaluation_keeps_the_models_it_finished(tmp_path):
+    from ttpa_ray.config import EngineConfig, EvaluateConfig, ScoreConfig
+    from ttpa_ray.evaluate.stage import run_evaluate
+    from ttpa_ray.models.registry import ModelError
+
+    out = tmp_path / "evaluate" / "base"
+    out.mkdir(parents=True)
+    (out / "counts.json").write_text(json.dumps({"model": "no-such-model", "bfcl_rows": 7}))
+    args = EvaluateConfig(categories=["simple"]), EngineConfig(model="x"), ScoreConfig()
+    assert run_evaluate(*args, "no-such-model", None, out, resume=True) == {"bfcl_rows": 7}
+    # Not a resume, or another model than the finished one: evaluated (and this one does not exist).
+    for model, resume in (("no-such-model", False), ("no-such-model-2", True)):
+        with pytest.raises(ModelError, match=f"unknown model '{model}'"):
+            run_evaluate(*args, model, None, out, resume=resume)

@@ -58,6 +58,12 @@ def turn_rows(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+# Part of the fingerprint of every stage that reads the split (sft, sample, evaluate): change it
+# with any change to which instances :func:`held_out_ids` picks, so a resumed run redoes them
+# instead of mixing two splits (2: stratified by kind; 1 was an unstratified hash cut).
+SPLIT_VERSION = 2
+
+
 def _rank(key: object, seed: int) -> int:
     """A stable pseudo-random rank of an instance id (or a kind's name) under ``seed``."""
     return int.from_bytes(hashlib.sha256(f"ttpa-held-out:{seed}:{key}".encode()).digest()[:8], "big")

@@ -25,6 +25,7 @@ from ttpa_ray.config import JobConfig
 from ttpa_ray.job import variant_job
 from ttpa_ray.manifest import MANIFEST, STAGE_NAMES, fingerprint, read_manifest
 from ttpa_ray.console import summary
+from ttpa_ray.instances import SPLIT_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def _evaluate(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     for label, model in evaluate_models(job).items():
         results[label] = run_evaluate(job.evaluate, job.target, job.score, model,
                                       instances if instances.is_file() else None, out / label, seed=job.seed,
-                                      catalog=job.construct.catalog)
+                                      catalog=job.construct.catalog, resume=resume)
     write_comparisons(job)
     return results
 
@@ -244,11 +245,16 @@ def _run_stages(job: JobConfig, names: list[str], from_stage: str | None,
     return results
 
 
+SPLIT_READERS = ("sft", "sample", "evaluate")  # the stages that apply instances.held_out_ids
+
+
 def upstream_tokens(job: JobConfig, name: str, upstream: tuple[str, ...]) -> dict[str, str | None]:
     """The run tokens of the stages ``name`` reads (and, for a job with variants, of each
     variant's evaluation, which the stages after evaluate read too)."""
     tokens = {u: (read_manifest(job.run_dir / u) or {}).get("token") for u in upstream
               if u != "sft" or job.sft.enabled}  # a disabled sft's old folder is not read
+    if name in SPLIT_READERS:
+        tokens["held_out_split"] = f"v{SPLIT_VERSION}"
     names = list(STAGES)
     if job.variants and "evaluate" in names and name in names[names.index("evaluate") + 1:]:
         for v in job.variants:

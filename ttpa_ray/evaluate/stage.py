@@ -27,7 +27,8 @@ trained checkpoint. Everything runs in one Ray Data pass: the engine actor pool
 
 Output (``out/``): ``bfcl.parquet`` and ``held_out.parquet`` (every row: prompt, prediction,
 ESM score, error codes, generation/score errors, category), ``episodes.parquet`` (every
-episode: trace, calls, passed, reason), ``metrics.json``; a short table is printed. Rows that
+episode: trace, calls, passed, reason), ``metrics.json``, and last ``counts.json`` (the
+manifest's counts: a resumed stage keeps a model that has one); a short table is printed. Rows that
 fail to render, generate or score are kept and counted (and count as wrong), never dropped.
 
 Departures: BFCL prompts go through the model's chat template with the functions as
@@ -253,10 +254,18 @@ def _write(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_evaluate(cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig, model: str, instances: Path | None,
-                 out: Path, seed: int = 0, catalog: str = "bundled") -> dict[str, Any]:
+                 out: Path, seed: int = 0, catalog: str = "bundled", resume: bool = False) -> dict[str, Any]:
     """Evaluate ``model`` (replacing ``engine.model``); write ``out/`` (see the module doc) and
     return the counts for the stage manifest. ``catalog`` (the job's ``construct.catalog``)
-    holds the implementations the pass-rate episodes run."""
+    holds the implementations the pass-rate episodes run. With ``resume`` (an interrupted stage
+    of the same config), a model whose evaluation finished (``out/counts.json``, written last)
+    is not evaluated again."""
+    done = out / "counts.json"
+    if resume and done.is_file():
+        counts = json.loads(done.read_text())
+        if counts.pop("model", None) == model:
+            log.info("evaluate %s: finished before the interruption, kept (%s)", out.name, done)
+            return counts
     from ttpa_ray.evaluate.bfcl import load_category
     from ttpa_ray.models.registry import resolve
     from ttpa_ray.tools.catalog import resolve_catalog
@@ -299,7 +308,7 @@ def run_evaluate(cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig, 
     _write(episodes, out / "episodes.parquet")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(em.format_table(metrics), flush=True)
-    return {"bfcl_rows": len(bfcl), "held_out_rows": len(held), "episodes": len(episodes),
+    counts = {"bfcl_rows": len(bfcl), "held_out_rows": len(held), "episodes": len(episodes),
             "generation_errors": sum(bool(r["generation_error"]) for r in turns),
             "score_errors": sum(bool(r["score_error"]) for r in turns),
             "bfcl_accuracy": metrics["bfcl"].get("overall", {}).get("accuracy"),
@@ -308,3 +317,5 @@ def run_evaluate(cfg: EvaluateConfig, engine: EngineConfig, score: ScoreConfig, 
             "bfcl_simple_accuracy": metrics["bfcl"].get("simple", {}).get("accuracy"),
             "held_out_accuracy": metrics["held_out"].get("overall", {}).get("accuracy"),
             "pass_rate": metrics["pass_rate"].get("pass_rate")}
+    done.write_text(json.dumps({"model": model} | counts, indent=2))
+    return counts
