@@ -125,6 +125,30 @@ def with_generation_markers(template: str) -> str:
     return template[:i] + marked + template[j + len(tail):]
 
 
+def test_decision_weight_weighs_each_assistant_messages_first_token(tiny_model, tok):
+    """3 assistant messages (calls, answer, a no-call answer): their first tokens weigh w, the
+    loss is the weighted mean of the per-token NLL computed here from the full logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64)
+    row = sft_rows([instance(0)], tok, 4096, 0.0, seed=0)[0][0]
+    ids, mask = row["input_ids"], row["assistant_mask"]
+    firsts = [t for t in range(1, len(ids)) if mask[t] and not mask[t - 1]]
+    assert len(firsts) == 3 and tok.decode(ids[firsts[0]]).startswith("<")  # the <tool_call> decision
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        nll = {t: -logp[t - 1, ids[t]].item() for t in range(1, len(ids)) if mask[t]}
+        policy = types.SimpleNamespace(module=model, device="cpu")
+        for w in (1.0, 5.0):
+            loss, sums = SftObjective()(policy, [row], types.SimpleNamespace(decision_weight=w), 0)
+            want = sum(v * (w if t in firsts else 1.0) for t, v in nll.items()) / (len(nll) + (w - 1) * 3)
+            assert loss.item() == pytest.approx(want, abs=1e-9)
+            assert sums["decisions"] == 3 and sums["decision_nll"] == pytest.approx(sum(nll[t] for t in firsts))
+            assert sums["nll"] == pytest.approx(sum(nll.values()))  # the reported loss stays unweighted
+    assert abs(want - sum(nll.values()) / len(nll)) > 1e-3  # w = 5 changed the loss: a real check
+
+
 @pytest.mark.slow
 def test_loss_equals_trl_sfttrainer_assistant_only(tiny_model, tmp_path):
     """TRL's own SFTTrainer (its tokenization, its assistant masks from {% generation %}

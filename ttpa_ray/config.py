@@ -415,6 +415,10 @@ class SftConfig(TrainerConfig):
                             "(counted as truncated in the manifest).")
     learning_rate: float = Field(2e-5, gt=0)
     micro_batch_size: int = Field(2, ge=1, description="Conversations per worker per forward/backward.")
+    decision_weight: float = Field(1.0, ge=1, description="Weight of the first token of each assistant "
+                                   "message (the call-or-answer decision: <tool_call or a text answer's first word) "
+                                   "against 1 for the others; the loss is the weighted mean. 1 = TRL's "
+                                   "assistant-only loss.")
 
 
 class TrainConfig(TrainerConfig):
