@@ -269,3 +269,46 @@ def test_decision_only_pairs_count_their_divergence_token_alone(model):
             assert _close(got, want), (i, side, float(got), float(want))
             assert getattr(fast, f"{side}_tokens")[i] == 1
         assert (fast.rejected[i] - full.rejected[i]).abs() > 1e-3 or len(j) <= d + 1  # the tail did count before
+
+
+def test_binary_decision_scores_the_text_side_as_one_minus_p_call(model):
+    """``train.binary_decision``: in a pair that differs at its first token with one side
+    calling (``call_side`` 1: the chosen, 2: the rejected), the other side's first token counts
+    log(1 - p(the call token)), checked against a plain forward; the same in turn, pair and
+    naive packing, values and DPO gradients; pairs with ``call_side`` 0 are unchanged."""
+    from ttpa_ray.train.pair_forward import call_sides
+
+    rows, _ = _rows(seed=4)
+    sides = [1, 0, 0, 0, 2, 0, 0]  # rows 0 and 4 diverge at their first token
+    assert [r["divergence_index"] == 0 for r in rows] == [s > 0 for s in sides]
+    rows = [r | {"call_side": s} for r, s in zip(rows, sides)]
+    side = call_sides(rows, True)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(fn):
+        out = fn()
+        losses, _, _ = dpo_loss(out.chosen, out.rejected, torch.zeros(7, dtype=torch.float64),
+                                torch.zeros(7, dtype=torch.float64), beta=0.1)
+        return out, torch.autograd.grad(losses.sum(), params)
+
+    pairs = collate_pairs(rows, pad_token_id=0)
+    fast, g_fast = run(lambda: group_logps(model, collate_groups(rows, pad_token_id=0), 1.0, None, side))
+    for other in (lambda: pair_logps(model, pairs, 1.0, None, side), lambda: naive_pair_logps(model, pairs, 1.0, side),
+                  lambda: turn_logps(model, rows, 0, 1.0, (), binary=True)):
+        ref, g_ref = run(other)
+        _assert_same(fast, ref)
+        assert all(_close(a, b) for a, b in zip(g_fast, g_ref))
+    with torch.no_grad():
+        plain = group_logps(model, collate_groups(rows, pad_token_id=0), 1.0)
+    for i, r in enumerate(rows):
+        if not sides[i]:
+            assert _close(fast.chosen[i], plain.chosen[i]) and _close(fast.rejected[i], plain.rejected[i])
+            continue
+        with torch.no_grad():
+            lp = model(torch.tensor([r["prompt_token_ids"]])).logits[0, -1].double().log_softmax(-1)
+        call, text = ((r["chosen_token_ids"][0], "rejected") if sides[i] == 1 else (r["rejected_token_ids"][0], "chosen"))
+        text_first = (r["rejected_token_ids"] if text == "rejected" else r["chosen_token_ids"])[0]
+        shift = torch.log1p(-lp[call].exp()) - lp[text_first]  # the text side's first token, swapped
+        assert _close(getattr(fast, text)[i] - getattr(plain, text)[i], shift) and shift.abs() > 1e-3
+    with pytest.raises(ValueError, match="call_side"):
+        call_sides([{"prompt_token_ids": [1]}], True)

@@ -73,6 +73,7 @@ def test_build_pairs_no_call_turn_rejects_calls_and_keeps_gold_chosen():
     assert all(p["chosen_is_gold"] and p["chosen"] == NO_TOOL_FITS for p in pairs)
     assert [(p["branch_kind"], p["rejected_errors"], p["rejected_score"]) for p in pairs] == [
         ("call-or-not", ["unexpected_call"], 0.0), ("sample", ["unexpected_call"], 0.0)]
+    assert [p["call_side"] for p in pairs] == [2, 2]  # the rejected side alone opens a call (first token)
 
 
 def test_build_pairs_chosen_must_be_valid():
@@ -83,6 +84,7 @@ def test_build_pairs_chosen_must_be_valid():
     assert rows[1]["errors"] == ["value_error"] and rows[1]["esm_score"] >= 0.8
     pairs, _ = build_pairs(rows, 0.8, "tps", chosen_must_be_valid=True)
     assert [(p["chosen_is_gold"], p["branch_kind"]) for p in pairs] == [(True, "value"), (True, "call-or-not")]
+    assert [p["call_side"] for p in pairs] == [0, 1]  # a value branch inside the call; the chosen calls
     pairs, _ = build_pairs(rows, 0.8, "tps", chosen_must_be_valid=False)         # the released rule
     assert [(p["chosen_is_gold"], p["chosen"], p["rejected_errors"]) for p in pairs] == [
         (False, _call("Pari"), ["missing_call"])]

@@ -444,6 +444,11 @@ class TrainConfig(TrainerConfig):
         "the rejected side is otherwise a whole call whose closing tokens DPO pushes down with the decision "
         "(README, 'The demo'); the sft_weight NLL of such a pair's chosen side is its divergence token too. "
         "[] = every completion token counts.")
+    binary_decision: bool = Field(False, description="A pair that differs at its first token with one side "
+                                  "calling (the sample stage's call_side) scores that token as the binary decision: "
+                                  "the text side counts log(1 - p(the call token)), not log p(its first word). Else a "
+                                  "rejected 'Here is what I found' in a call turn pushes 'Here' down everywhere, the "
+                                  "final answers after tool results included.")
     pair_weights: Literal["none", "score_margin"] = Field(
         "none", description="score_margin: weight each pair by its ESM score margin (mean weight 1).")
     packing: Literal["turn", "pair"] = Field(

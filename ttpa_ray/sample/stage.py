@@ -28,7 +28,8 @@ their prefix exactly and the trainer never re-tokenizes.
 Output (``<run>/sample/``): ``pairs.parquet`` (id, instance_id, turn_index, prompt (JSON
 messages), tools (JSON), prompt_token_ids, chosen, rejected (text, without the end token),
 chosen_token_ids, rejected_token_ids, chosen/rejected ESM scores and error codes,
-divergence_index, chosen_is_gold, branch_kind (of the rejected side), mode),
+divergence_index, chosen_is_gold, branch_kind (of the rejected side), call_side (1/2: the
+chosen/rejected side alone opens a call at the first token, else 0), mode),
 ``pairs_trl.jsonl`` (TRL conversational prompt/chosen/rejected + tools) and
 ``candidates.parquet`` (every scored candidate, gold included; ``branch_kind``: ``name``,
 ``key``, ``value``, ``call-or-not`` for a TPS branch, ``sample`` for a whole completion, ``""``
@@ -236,6 +237,7 @@ def build_pairs(scored: list[dict[str, Any]], threshold: float, mode: str, *, ch
                 "rejected_score": float(rejected["esm_score"]), "chosen_errors": list(chosen["errors"]),
                 "rejected_errors": list(rejected["errors"]), "divergence_index": tps.first_difference(ci, ri),
                 "chosen_is_gold": bool(chosen["is_gold"]), "branch_kind": str(rejected["branch_kind"]),
+                "call_side": tps.call_side(chosen["text"], rejected["text"], tps.first_difference(ci, ri)),
                 "mode": mode})
     return pairs, reasons
 

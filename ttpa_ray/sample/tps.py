@@ -169,6 +169,22 @@ def opens_call(token_text: str) -> bool:
     return bool(s) and (CALL_TAG.startswith(s) or s.startswith(CALL_TAG))
 
 
+def call_side(chosen: str, rejected: str, divergence_index: int) -> int:
+    """Which side of a pair that differs at its first token opens a tool call: 1 the chosen,
+    2 the rejected, 0 neither or both (or the pair differs later). ``train.binary_decision``
+    scores such a pair's first token as the binary call-or-answer decision.
+
+    >>> call_side("<tool_call>{}", "Here is what", 0), call_side("I'm sorry", "<tool_call>", 0)
+    (1, 2)
+    >>> call_side("<tool_call>a", "<tool_call>b", 0), call_side("<tool_call>", "Here", 3)
+    (0, 0)
+    """
+    if divergence_index != 0:
+        return 0
+    c, r = chosen.lstrip().startswith(CALL_TAG), rejected.lstrip().startswith(CALL_TAG)
+    return 1 if c and not r else 2 if r and not c else 0
+
+
 def call_or_not_branch(gold_id: int, top: dict[int, float] | None, opens: Callable[[int], bool]
                        ) -> Branch | None:
     """The one branch at a turn's first token, whatever ``min_prob``: the most probable

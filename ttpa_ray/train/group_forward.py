@@ -47,7 +47,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from ttpa_ray.train.pair_forward import PairLogps, collate_pairs, pad_sequences, tail_weights
+from ttpa_ray.train.losses import binary_decision
+from ttpa_ray.train.pair_forward import PairLogps, call_sides, collate_pairs, pad_sequences, tail_weights
 
 __all__ = ["GroupBatch", "collate_groups", "group_logps", "group_pairs", "turn_logps"]
 
@@ -205,11 +206,12 @@ def _group_mask(batch: GroupBatch, dtype: torch.dtype) -> Tensor:
 
 
 def group_logps(model: torch.nn.Module, batch: GroupBatch, prefix_weight: float = 1.0,
-                tail_weight: Tensor | None = None) -> PairLogps:
+                tail_weight: Tensor | None = None, call_side: Tensor | None = None) -> PairLogps:
     """Grouped shared-prefix forward of a HF causal LM: one :class:`PairLogps` entry per pair,
     in input row order, equal to :func:`pair_logps` on the same rows. ``prefix_weight`` weights
     the completion tokens before each pair's divergence token (0: only tokens from it on);
-    ``tail_weight`` (B,), from :func:`~ttpa_ray.train.pair_forward.tail_weights`, those after it."""
+    ``tail_weight`` (B,), from :func:`~ttpa_ray.train.pair_forward.tail_weights`, those after it;
+    ``call_side`` (B,), from :func:`~ttpa_ray.train.pair_forward.call_sides`: the binary decision."""
     if any(DynamicCache(config=model.config).is_sliding):
         raise NotImplementedError("group_logps does not support sliding-window attention layers (its packed mask "
                                   "replaces theirs); use naive_pair_logps for this model")
@@ -235,8 +237,9 @@ def group_logps(model: torch.nn.Module, batch: GroupBatch, prefix_weight: float 
     tail = torch.ones(len(d), dtype=dtype, device=d.device) if tail_weight is None else tail_weight.to(d.device, dtype)
     lp_rejected = logp(batch.rejected_head, batch.rejected_ids, batch.rejected_mask)   # (B, R): rejected[d:]
     shared = (lp_chosen * before).sum(-1)                     # chosen[:d], the same tokens as rejected[:d]
-    chosen = prefix_weight * shared + (lp_chosen * at).sum(-1) + tail * (lp_chosen * ~(before | at)).sum(-1)
-    rejected = prefix_weight * shared + lp_rejected[:, 0] + tail * lp_rejected[:, 1:].sum(-1)
+    first = binary_decision(torch.stack([(lp_chosen * at).sum(-1), lp_rejected[:, 0]], 1), call_side)   # (B, 2)
+    chosen = prefix_weight * shared + first[:, 0] + tail * (lp_chosen * ~(before | at)).sum(-1)
+    rejected = prefix_weight * shared + first[:, 1] + tail * lp_rejected[:, 1:].sum(-1)
     df = d.to(dtype)
 
     def tokens(lens: Tensor) -> Tensor:  # prefix_weight * d, the divergence token (if any), tail * the rest
@@ -247,7 +250,7 @@ def group_logps(model: torch.nn.Module, batch: GroupBatch, prefix_weight: float 
 
 
 def turn_logps(model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], pad_token_id: int,
-               prefix_weight: float = 1.0, decision_only: Sequence[str] = ()) -> PairLogps:
+               prefix_weight: float = 1.0, decision_only: Sequence[str] = (), binary: bool = False) -> PairLogps:
     """:func:`group_logps` one group at a time (each group its own unpadded row), results in
     input row order. The train and reference stages both call this on the same groups, so a
     policy equal to its reference gives bit-identical log-probs (a margin of exactly 0)."""
@@ -255,7 +258,8 @@ def turn_logps(model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], pad_to
     for idx in group_pairs(rows):
         group = [rows[i] for i in idx]
         parts.append(group_logps(model, collate_groups(group, pad_token_id).to(
-            model.get_input_embeddings().weight.device), prefix_weight, tail_weights(group, decision_only)))
+            model.get_input_embeddings().weight.device), prefix_weight, tail_weights(group, decision_only),
+            call_sides(group, binary)))
         order += idx
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))

@@ -34,7 +34,7 @@ from ttpa_ray.train import plan
 from ttpa_ray.train.losses import dpo_loss, sft_loss
 from ttpa_ray.train.memory_profile import TensorMemoryProfile
 from ttpa_ray.train.group_forward import group_pairs, turn_logps
-from ttpa_ray.train.pair_forward import collate_pairs, pair_logps, tail_weights
+from ttpa_ray.train.pair_forward import call_sides, collate_pairs, pair_logps, tail_weights
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
     if cfg.decision_only and "branch_kind" not in table.column_names:
         raise ValueError(f"train.decision_only {cfg.decision_only} needs the pairs' branch_kind column, which {pairs} "
                          "lacks (the sample stage writes it); set train.decision_only: [] for these pairs")
+    if cfg.binary_decision and "call_side" not in table.column_names:
+        raise ValueError(f"train.binary_decision needs the pairs' call_side column, which {pairs} lacks (an older "
+                         "sample stage): redo it with --from sample, or set train.binary_decision: false")
     errors = table.column("ref_error").to_pylist() if "ref_error" in table.column_names else [None] * table.num_rows
     table = table.filter(pa.array([e is None for e in errors]))
     if cfg.pair_weights == "score_margin":
@@ -68,7 +71,7 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
     else:
         weights = [1.0] * table.num_rows
     table = table.append_column("weight", pa.array(weights, pa.float64()))
-    keep = COLUMNS + (["branch_kind"] if cfg.decision_only else [])
+    keep = COLUMNS + (["branch_kind"] if cfg.decision_only else []) + (["call_side"] if cfg.binary_decision else [])
     return table.select(keep), {"pairs": table.num_rows, "pairs_with_ref_error": len(errors) - table.num_rows}
 
 
@@ -126,10 +129,12 @@ def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id:
     """(per-pair losses (B,), chosen rewards (B,), rejected rewards (B,), the objective to
     backpropagate, tokens) of one micro-batch of pairs."""
     if cfg.packing == "turn":
-        lp = turn_logps(policy.module, rows, pad_id, prefix_weight=cfg.prefix_weight, decision_only=cfg.decision_only)
+        lp = turn_logps(policy.module, rows, pad_id, prefix_weight=cfg.prefix_weight, decision_only=cfg.decision_only,
+                        binary=cfg.binary_decision)
     else:
         lp = pair_logps(policy.module, collate_pairs(rows, pad_token_id=pad_id).to(policy.device),
-                        prefix_weight=cfg.prefix_weight, tail_weight=tail_weights(rows, cfg.decision_only))
+                        prefix_weight=cfg.prefix_weight, tail_weight=tail_weights(rows, cfg.decision_only),
+                        call_side=call_sides(rows, cfg.binary_decision))
     ref_c = torch.tensor([r["ref_chosen_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
     ref_r = torch.tensor([r["ref_rejected_logps"] for r in rows], dtype=lp.chosen.dtype, device=policy.device)
     pc, pr = lp.chosen, lp.rejected

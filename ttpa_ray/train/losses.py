@@ -95,3 +95,34 @@ def divergence_weights(mask: torch.Tensor, divergence_index: torch.Tensor, prefi
     pos = mask.long().cumsum(-1) - 1  # index of each token within its completion
     w = torch.where(pos >= divergence_index.unsqueeze(-1), 1.0, prefix_weight)
     return w * mask
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for log-probs ``x < 0``, accurate at both ends (Mächler 2012).
+
+    >>> [round(v, 4) for v in log1mexp(torch.tensor([-1e-3, -0.5, -20.0], dtype=torch.float64)).tolist()]
+    [-6.9083, -0.9328, -0.0]
+    """
+    x = x.clamp(max=-1e-12)
+    return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def binary_decision(first: torch.Tensor, call_side: torch.Tensor | None) -> torch.Tensor:
+    """``first`` ``(B, 2)``: log p of each pair's (chosen, rejected) divergence token, both
+    predicted from the same position. Where ``call_side`` is 1 (2), the chosen (rejected) token
+    opens a call and the other side's entry becomes log(1 - p(that call token)): the first token
+    scored as the binary decision call vs answer, not as one particular first word (a rejected
+    "Here" in a call turn would otherwise push "Here" down wherever it is the right answer).
+
+    >>> import math
+    >>> lp = torch.log(torch.tensor([[0.6, 0.1], [0.2, 0.3], [0.5, 0.4]], dtype=torch.float64))
+    >>> out = binary_decision(lp, torch.tensor([1, 2, 0])).exp()
+    >>> [[round(v, 4) for v in row] for row in out.tolist()]
+    [[0.6, 0.4], [0.7, 0.3], [0.5, 0.4]]
+    """
+    if call_side is None:
+        return first
+    side = call_side.to(first.device)[:, None]
+    return torch.where(side == 1, torch.stack([first[:, 0], log1mexp(first[:, 0])], 1),
+                       torch.where(side == 2, torch.stack([log1mexp(first[:, 1]), first[:, 1]], 1), first))
+

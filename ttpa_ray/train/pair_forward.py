@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from ttpa_ray.train.losses import divergence_weights, sequence_logps
+from ttpa_ray.train.losses import binary_decision, divergence_weights, sequence_logps
 
 COLUMNS = ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "divergence_index")
 
@@ -166,11 +166,29 @@ def tail_weights(rows: Sequence[Mapping[str, Any]], decision_only: Sequence[str]
     return torch.tensor([0.0 if r.get("branch_kind") in decision_only else 1.0 for r in rows], dtype=torch.float64)
 
 
+def call_sides(rows: Sequence[Mapping[str, Any]], binary: bool) -> Tensor | None:
+    """(B,) ``call_side`` of each pair (the sample stage's column: 1/2 the chosen/rejected side
+    alone opens a call at the first token) for ``train.binary_decision``; None when it is off.
+
+    >>> call_sides([{"call_side": 1}, {"call_side": 0}], True).tolist(), call_sides([{}], False)
+    ([1, 0], None)
+    """
+    if not binary:
+        return None
+    missing = [i for i, r in enumerate(rows) if "call_side" not in r]
+    if missing:
+        raise ValueError(f"train.binary_decision needs the pairs' call_side column, which rows {missing[:5]} lack "
+                         "(the sample stage writes it since session 13: redo it with --from sample)")
+    return torch.tensor([int(r["call_side"]) for r in rows], dtype=torch.long)
+
+
 def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 1.0,
-               tail_weight: Tensor | None = None) -> PairLogps:
+               tail_weight: Tensor | None = None, call_side: Tensor | None = None) -> PairLogps:
     """Shared-prefix forward of a HF causal LM. ``prefix_weight`` weights the completion tokens
     before the divergence token (0: only tokens from the divergence on count); ``tail_weight``
-    (B,), from :func:`tail_weights`, those after it (default 1)."""
+    (B,), from :func:`tail_weights`, those after it (default 1); ``call_side`` (B,), from
+    :func:`call_sides`, scores the first token of a call-or-answer pair as that binary decision
+    (:func:`~ttpa_ray.train.losses.binary_decision`)."""
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
     B, P = batch.prefix_ids.shape
     device = batch.prefix_ids.device
@@ -202,7 +220,8 @@ def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 
     n_shared = parts[0].shape[0]
     lp_shared = _token_logps(logits[:n_shared], next_ids[shared][:, None])[:, 0]
     first_mask = batch.suffix_mask[:, 0].view(B, 2)
-    lp_first = _token_logps(logits[n_shared:n_shared + B], batch.suffix_ids[:, 0].view(B, 2)) * first_mask
+    lp_first = binary_decision(_token_logps(logits[n_shared:n_shared + B], batch.suffix_ids[:, 0].view(B, 2)),
+                               call_side) * first_mask
     rows = torch.arange(2 * B, device=device)[:, None].expand_as(rest_mask)[rest_mask]
     lp_rest = _token_logps(logits[n_shared + B:], batch.suffix_ids[:, 1:][rest_mask][:, None])[:, 0]
 
@@ -217,7 +236,8 @@ def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 
     return PairLogps(total[:, 0], total[:, 1], tokens[:, 0], tokens[:, 1])
 
 
-def naive_pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 1.0) -> PairLogps:
+def naive_pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 1.0,
+                     call_side: Tensor | None = None) -> PairLogps:
     """Reference: ``2B`` full sequences (chosen rows, then rejected rows), full logits."""
     B = len(batch)
     prefix_lens, suffix_lens = batch.prefix_mask.sum(-1).tolist(), batch.suffix_mask.sum(-1).tolist()
@@ -235,4 +255,9 @@ def naive_pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: fl
     weights = divergence_weights(completion, batch.divergence_index.repeat(2), prefix_weight)
     logps = sequence_logps(logits[:, :-1], ids[:, 1:], completion[:, 1:], weights[:, 1:])
     tokens = weights.sum(-1).to(logps.dtype)
+    if call_side is not None:  # swap each side's divergence-token log p for the binary decision's
+        at = starts_t + batch.divergence_index.to(device).repeat(2)                      # (2B,) token index
+        lp = torch.log_softmax(logits[torch.arange(2 * B, device=device), at - 1].double(), -1)
+        first = lp.gather(-1, ids[torch.arange(2 * B, device=device), at][:, None])[:, 0].view(2, B).T  # (B, 2)
+        logps = logps + (binary_decision(first, call_side) - first).T.flatten().to(logps.dtype)
     return PairLogps(logps[:B], logps[B:], tokens[:B], tokens[B:])

@@ -26,7 +26,7 @@ class ReferenceBatch:
     ``ref_error`` out."""
 
     def __init__(self, model_dir: str, dtype: str, prefix_weight: float, batch_size: int, packing: str = "turn",
-                 decision_only: list[str] | None = None):
+                 decision_only: list[str] | None = None, binary_decision: bool = False):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -37,24 +37,26 @@ class ReferenceBatch:
         self.batch_size = batch_size
         self.packing = packing
         self.decision_only = list(decision_only or [])
+        self.binary_decision = binary_decision
 
     def logps(self, rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
         import torch
 
         from ttpa_ray.train.group_forward import turn_logps
-        from ttpa_ray.train.pair_forward import collate_pairs, pair_logps, tail_weights
+        from ttpa_ray.train.pair_forward import call_sides, collate_pairs, pair_logps, tail_weights
 
         with torch.no_grad():
             if self.packing == "turn":
-                lp = turn_logps(self.model, rows, self.pad_id, self.prefix_weight, self.decision_only)
+                lp = turn_logps(self.model, rows, self.pad_id, self.prefix_weight, self.decision_only,
+                                self.binary_decision)
             else:
                 lp = pair_logps(self.model, collate_pairs(rows, self.pad_id).to(self.device), self.prefix_weight,
-                                tail_weights(rows, self.decision_only))
+                                tail_weights(rows, self.decision_only), call_sides(rows, self.binary_decision))
         return list(zip(lp.chosen.double().tolist(), lp.rejected.double().tolist()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
-        keys = REFERENCE_INPUTS + (["branch_kind"] if "branch_kind" in batch else [])
+        keys = REFERENCE_INPUTS + [k for k in ("branch_kind", "call_side") if k in batch]
         rows = [{k: (batch[k][i].tolist() if hasattr(batch[k][i], "tolist") else batch[k][i]) for k in keys}
                 for i in range(n)]
         chosen, rejected, errors = [math.nan] * n, [math.nan] * n, [None] * n

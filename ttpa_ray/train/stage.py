@@ -285,7 +285,8 @@ def turn_blocks(table: pa.Table, size: int) -> list[pa.Table]:
 
 
 def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: float, pairs: Path, out: Path,
-                  packing: str = "turn", decision_only: list[str] | None = None) -> dict[str, Any]:
+                  packing: str = "turn", decision_only: list[str] | None = None,
+                  binary_decision: bool = False) -> dict[str, Any]:
     """The ``reference`` stage: ``pairs`` (``sample/pairs.parquet``) on a pool of
     :class:`~ttpa_ray.train.reference.ReferenceBatch` actors, written to ``out/pairs.parquet``
     with every sample column kept and ``ref_chosen_logps``, ``ref_rejected_logps``, ``ref_error``
@@ -307,6 +308,9 @@ def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: f
     missing = [c for c in REFERENCE_INPUTS if c not in table.column_names]
     if missing:
         raise ValueError(f"{pairs} lacks columns {missing}: it must come from the sample stage")
+    if binary_decision and "call_side" not in table.column_names:
+        raise ValueError(f"train.binary_decision needs the call_side column, which {pairs} lacks (an older sample "
+                         "stage): redo it with --from sample, or set train.binary_decision: false")
     kwargs = pool_kwargs(cfg.pool, reference_memory_bytes(parameter_count(model_dir), dtype,
                                                           use_gpu=cfg.pool.num_gpus > 0))
     if packing == "turn":  # whole turns per block and per call: the groups train will form
@@ -317,7 +321,8 @@ def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: f
     ds = ds.map_batches(ReferenceBatch, fn_constructor_kwargs={"model_dir": str(model_dir), "dtype": dtype,
                                                                "prefix_weight": prefix_weight,
                                                                "batch_size": cfg.batch_size, "packing": packing,
-                                                               "decision_only": list(decision_only or [])},
+                                                               "decision_only": list(decision_only or []),
+                                                               "binary_decision": binary_decision},
                         **kwargs)
     rows = sorted(collect(ds.iter_rows(), "reference", table.num_rows), key=lambda r: r["id"])
     for r in rows:
