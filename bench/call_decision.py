@@ -39,7 +39,10 @@ def auc(positive: list[float], negative: list[float]) -> float:
 
 
 @torch.no_grad()
-def p_call(model_dir: str, prompts: list[str] | list[list[int]]) -> list[float]:
+def p_call(model_dir: str, prompts: list[str] | list[list[int]]) -> list[tuple[float, bool]]:
+    """(P(the tag's tokens), whether the tag's first token is the argmax: greedy decoding calls)
+    per prompt. Greedy calls at P(call) well under 0.5 when the answer's mass is spread over many
+    first words."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tag = tok(CALL_TAG, add_special_tokens=False).input_ids
@@ -47,7 +50,8 @@ def p_call(model_dir: str, prompts: list[str] | list[list[int]]) -> list[float]:
     for prompt in prompts:
         ids = list(prompt) if not isinstance(prompt, str) else tok(prompt, add_special_tokens=False).input_ids
         logp = torch.log_softmax(model(torch.tensor([ids + tag])).logits[0, len(ids) - 1:-1].float(), -1)
-        out.append(float(logp[torch.arange(len(tag)), torch.tensor(tag)].sum().exp()))
+        out.append((float(logp[torch.arange(len(tag)), torch.tensor(tag)].sum().exp()),
+                    int(logp[0].argmax()) == tag[0]))
     return out
 
 
@@ -78,7 +82,8 @@ def main() -> None:
     result = {}
     for spec in args.models:
         label, path = spec.split("=", 1)
-        probs = p_call(path, [r["prompt"] for r in rows])
+        scored = p_call(path, [r["prompt"] for r in rows])
+        probs, greedy = [p for p, _ in scored], [g for _, g in scored]
         by_cat: dict[str, list[float]] = {}
         for r, p in zip(rows, probs):
             by_cat.setdefault(r["category"], []).append(p)
@@ -86,6 +91,8 @@ def main() -> None:
         result[label] = {"model": path,
                          "mean_p_call": {c: round(sum(v) / len(v), 4) for c, v in by_cat.items()},
                          "share_p_call_above_half": {c: sum(p > 0.5 for p in v) / len(v) for c, v in by_cat.items()},
+                         "share_greedy_calls": {c: round(sum(g for r2, g in zip(rows, greedy) if r2["category"] == c)
+                                                         / len(v), 4) for c, v in by_cat.items()},
                          ("auc_call_vs_no_call" if args.pairs else "auc_relevant_vs_irrelevance"): round(auc(relevant, by_cat.get(negative, [])), 4)}
         print(label, json.dumps(result[label]), flush=True)
     out = args.out or args.run / "call_decision.json"

@@ -271,13 +271,16 @@ def test_decision_only_pairs_count_their_divergence_token_alone(model):
         assert (fast.rejected[i] - full.rejected[i]).abs() > 1e-3 or len(j) <= d + 1  # the tail did count before
 
 
-def test_binary_decision_scores_the_text_side_as_one_minus_p_call(model):
+@pytest.mark.parametrize("arch", ["qwen2-sdpa", "llama-eager"])  # both families, both attentions
+def test_binary_decision_scores_the_text_side_as_one_minus_p_call(arch):
     """``train.binary_decision``: in a pair that differs at its first token with one side
     calling (``call_side`` 1: the chosen, 2: the rejected), the other side's first token counts
     log(1 - p(the call token)), checked against a plain forward; the same in turn, pair and
     naive packing, values and DPO gradients; pairs with ``call_side`` 0 are unchanged."""
     from ttpa_ray.train.pair_forward import call_sides
 
+    family, attn = arch.split("-")
+    model = (_qwen2 if family == "qwen2" else _llama)(attn)
     rows, _ = _rows(seed=4)
     sides = [1, 0, 0, 0, 2, 0, 0]  # rows 0 and 4 diverge at their first token
     assert [r["divergence_index"] == 0 for r in rows] == [s > 0 for s in sides]
