@@ -178,7 +178,7 @@ def call_sides(rows: Sequence[Mapping[str, Any]], binary: bool) -> Tensor | None
     missing = [i for i, r in enumerate(rows) if "call_side" not in r]
     if missing:
         raise ValueError(f"train.binary_decision needs the pairs' call_side column, which rows {missing[:5]} lack "
-                         "(the sample stage writes it since session 13: redo it with --from sample)")
+                         "(an older sample stage did not write it): redo the run with --from sample")
     return torch.tensor([int(r["call_side"]) for r in rows], dtype=torch.long)
 
 
