@@ -39,7 +39,7 @@ demo: install
 	$(VENV)/bin/ttpa run jobs/demo-cpu.yaml
 
 test: install chromium
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
 
 test-fast: install chromium
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests

@@ -38,7 +38,9 @@ def ray_local():
 
     init_ray(num_cpus=2)
     yield ray
+    pids = actor_pids()
     ray.shutdown()
+    reap(pids)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,48 @@ def ray_two_nodes():
     cluster.wait_for_nodes()
     init_ray(address=cluster.address)
     yield cluster
+    pids = actor_pids()
     ray.shutdown()
     cluster.shutdown()
+    reap(pids)
+
+
+def actor_pids() -> list[int]:
+    """The process ids of the cluster's live actors (Ray's GCS actor table)."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    raw = state._connect_and_get_accessor().get_actor_table(None, None)
+    tables = (gcs_pb2.ActorTableData.FromString(r) for r in raw)
+    return [a.pid for a in tables if a.pid and a.state == gcs_pb2.ActorTableData.ALIVE]
+
+
+def reap(pids: list[int], grace_s: float = 10.0) -> None:
+    """After a cluster's shutdown: SIGKILL any of its actor processes still alive after
+    ``grace_s`` (a Ray Train controller has outlived its cluster and kept running after the
+    suite), so no test leaves a process behind."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + grace_s
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def actor_nodes(class_name_part: str) -> dict[str, dict]:
