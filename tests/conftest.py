@@ -63,14 +63,20 @@ def ray_two_nodes():
     reap(pids)
 
 
-def actor_pids() -> list[int]:
-    """The process ids of the cluster's live actors (Ray's GCS actor table)."""
+def actor_table() -> list:
+    """Every actor (alive or dead) as Ray's GCS actor table holds it (``ActorTableData``)."""
     from ray._private.state import state
     from ray.core.generated import gcs_pb2
 
     raw = state._connect_and_get_accessor().get_actor_table(None, None)
-    tables = (gcs_pb2.ActorTableData.FromString(r) for r in raw)
-    return [a.pid for a in tables if a.pid and a.state == gcs_pb2.ActorTableData.ALIVE]
+    return [gcs_pb2.ActorTableData.FromString(r) for r in raw]
+
+
+def actor_pids() -> list[int]:
+    """The process ids of the cluster's live actors."""
+    from ray.core.generated import gcs_pb2
+
+    return [a.pid for a in actor_table() if a.pid and a.state == gcs_pb2.ActorTableData.ALIVE]
 
 
 def reap(pids: list[int], grace_s: float = 10.0) -> None:
@@ -112,12 +118,8 @@ def actor_nodes(class_name_part: str) -> dict[str, dict]:
 def actor_resources(class_name_part: str) -> dict[str, dict[str, float]]:
     """Actors (alive or dead) whose class name contains the text: actor id -> the resources it
     requested, as Ray's GCS actor table holds them (what the scheduler placed it by)."""
-    from ray._private.state import state
-    from ray.core.generated import gcs_pb2
-
     out = {}
-    for raw in state._connect_and_get_accessor().get_actor_table(None, None):
-        a = gcs_pb2.ActorTableData.FromString(raw)
+    for a in actor_table():
         if class_name_part in a.class_name:
             # In a placement group (Ray Train) a resource shows as e.g. memory_group_<pg id>.
             res: dict[str, float] = {}
