@@ -16,7 +16,7 @@ PIP_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 EXTRAS ?= cpu,test
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast chromium bench doctor clean-cache
+.PHONY: install demo test test-fast chromium bench doctor clean-cache gpu-bundle
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,28 @@ bench: install
 
 doctor: install
 	$(VENV)/bin/ttpa doctor
+
+# Wheels bench/gpu_check.sh installs on a GPU machine that has Python 3.12, torch, transformers,
+# peft and accelerate but no deepspeed or trl, and no network (bring the folder along): trl,
+# deepspeed (no wheel on PyPI: built here from its sdist, no ops compiled; they JIT-build when
+# used) and what they and ttpa_ray need beyond that machine's packages. ~7 MB.
+GPU_WHEELS ?= $(CACHE)/gpu-wheels
+GPU_PYTHON_VERSION ?= 3.12
+GPU_PINS := trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 hjson==3.1.0 pydantic==2.14.4 \
+  pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
+
+gpu-bundle: $(GPU_WHEELS)/.complete
+
+$(GPU_WHEELS)/.complete: Makefile $(VENV)/.installed
+	rm -rf $(GPU_WHEELS) $(GPU_WHEELS).tmp && mkdir -p $(GPU_WHEELS).tmp
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d $(GPU_WHEELS).tmp $(GPU_PINS)
+	DS_BUILD_OPS=0 $(PY) -m pip wheel -q --no-deps --no-build-isolation --no-binary deepspeed \
+	  -w $(GPU_WHEELS).tmp deepspeed==0.19.8
+	mv $(GPU_WHEELS).tmp $(GPU_WHEELS)
+	@touch $@
+	@echo "gpu-bundle: $$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(GPU_WHEELS) | cut -f1) in $(GPU_WHEELS)"
 
 clean-cache:
 	rm -rf $(CACHE)

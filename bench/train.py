@@ -54,6 +54,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flops import matmul_gflops as _matmul_gflops  # bench/flops.py (this folder is on sys.path)
+from flops import step_flops
+
 from ttpa_ray.synthetic import synthetic_pairs
 
 BETA = 0.1
@@ -270,64 +273,6 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
                if spec.get("count_flops") else {})}
 
 
-def _matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This process's fp32 matmul rate (best of ``repeats`` n x n x n products, torch's threads)."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return round(2 * n ** 3 / best / 1e9, 1)
-
-
-def _timed(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def step_flops(model: Any, rows: list[dict[str, Any]], packing: str, per_step: int, pad_id: int) -> dict[str, Any]:
-    """Useful FLOPs of one optimizer step on ``rows`` (the data set is one step), counted as:
-    6 x non-embedding parameters x positions fed (forward 2, backward 4 per parameter and
-    token; padding not counted), + 6 x hidden x vocab x positions through the LM head, + attention
-    12 x layers x hidden x (keys each query may see, summed: causal, and with turn packing a
-    continuation sees its shared prefix and itself). Embedding lookups, norms and the optimizer
-    are not counted (small here)."""
-    import torch
-
-    from ttpa_ray.train.group_forward import collate_groups
-
-    cfg = model.config
-    embed = model.get_input_embeddings().weight.numel()
-    head = model.get_output_embeddings().weight
-    tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    non_embed = sum(p.numel() for p in model.parameters()) - embed - (0 if tied else head.numel())
-    if packing == "turn":
-        b = collate_groups(rows, pad_id)
-        fed = b.segment >= 0
-        positions = int(fed.sum())
-        head_positions = int(b.head_pos.numel())
-        # a query sees the main tokens before it (visible) and, in a continuation, its own earlier tokens
-        own = torch.zeros_like(b.segment)
-        for g in range(b.segment.shape[0]):
-            seg = b.segment[g]
-            for k in seg.unique().tolist():
-                if k > 0:
-                    idx = (seg == k).nonzero().flatten()
-                    own[g, idx] = torch.arange(1, len(idx) + 1)
-        keys = int((b.visible + own)[fed].sum())
-    else:
-        lens = [len(r["prompt_token_ids"]) + len(r["chosen_token_ids"]) + len(r["rejected_token_ids"])
-                - int(r["divergence_index"]) for r in rows]  # prompt + shared + both suffixes, as packed
-        positions = sum(lens)
-        head_positions = sum(len(r["chosen_token_ids"]) + len(r["rejected_token_ids"]) for r in rows)
-        keys = sum(x * (x + 1) // 2 for x in lens)  # causal upper bound (the two suffixes do not see each other)
-    hidden, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, head.shape[0]
-    flops = 6 * non_embed * positions + 6 * hidden * vocab * head_positions + 12 * layers * hidden * keys
-    return {"positions": positions, "head_positions": head_positions, "attention_keys": keys,
-            "non_embedding_params": non_embed, "flops": float(flops)}
-
-
 def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
     import torch
     from datasets import Dataset
@@ -399,68 +344,7 @@ def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
             "step1_logps_chosen_mean": logs[0]["logps/chosen"], "step1_logps_rejected_mean": logs[0]["logps/rejected"],
             "losses": [h["loss"] for h in logs], "margins": [h["rewards/margins"] for h in logs],
             "grad_norms": [h.get("grad_norm") for h in logs], "optim": str(args.optim),
-            "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_rss_peak_mb(), 1),
-            "rss_mb_before_steps": round(rss_before_steps, 1), "matmul_gflops": peak_gflops,
-            **({"flops_per_step": step_flops(policy.module, rows, packing, B * gas, pad_id)}
-               if spec.get("count_flops") else {})}
-
-
-def _matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This process's fp32 matmul rate (best of ``repeats`` n x n x n products, torch's threads)."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return round(2 * n ** 3 / best / 1e9, 1)
-
-
-def _timed(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def step_flops(model: Any, rows: list[dict[str, Any]], packing: str, per_step: int, pad_id: int) -> dict[str, Any]:
-    """Useful FLOPs of one optimizer step on ``rows`` (the data set is one step), counted as:
-    6 x non-embedding parameters x positions fed (forward 2, backward 4 per parameter and
-    token; padding not counted), + 6 x hidden x vocab x positions through the LM head, + attention
-    12 x layers x hidden x (keys each query may see, summed: causal, and with turn packing a
-    continuation sees its shared prefix and itself). Embedding lookups, norms and the optimizer
-    are not counted (small here)."""
-    import torch
-
-    from ttpa_ray.train.group_forward import collate_groups
-
-    cfg = model.config
-    embed = model.get_input_embeddings().weight.numel()
-    head = model.get_output_embeddings().weight
-    tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    non_embed = sum(p.numel() for p in model.parameters()) - embed - (0 if tied else head.numel())
-    if packing == "turn":
-        b = collate_groups(rows, pad_id)
-        fed = b.segment >= 0
-        positions = int(fed.sum())
-        head_positions = int(b.head_pos.numel())
-        # a query sees the main tokens before it (visible) and, in a continuation, its own earlier tokens
-        own = torch.zeros_like(b.segment)
-        for g in range(b.segment.shape[0]):
-            seg = b.segment[g]
-            for k in seg.unique().tolist():
-                if k > 0:
-                    idx = (seg == k).nonzero().flatten()
-                    own[g, idx] = torch.arange(1, len(idx) + 1)
-        keys = int((b.visible + own)[fed].sum())
-    else:
-        lens = [len(r["prompt_token_ids"]) + len(r["chosen_token_ids"]) + len(r["rejected_token_ids"])
-                - int(r["divergence_index"]) for r in rows]  # prompt + shared + both suffixes, as packed
-        positions = sum(lens)
-        head_positions = sum(len(r["chosen_token_ids"]) + len(r["rejected_token_ids"]) for r in rows)
-        keys = sum(x * (x + 1) // 2 for x in lens)  # causal upper bound (the two suffixes do not see each other)
-    hidden, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, head.shape[0]
-    flops = 6 * non_embed * positions + 6 * hidden * vocab * head_positions + 12 * layers * hidden * keys
-    return {"positions": positions, "head_positions": head_positions, "attention_keys": keys,
-            "non_embedding_params": non_embed, "flops": float(flops)}
+            "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(_rss_peak_mb(), 1)}
 
 
 def worker_memory(spec: dict[str, Any], zero: int, dtype: str = "float32") -> dict[str, Any]:

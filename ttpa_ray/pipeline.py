@@ -99,7 +99,8 @@ def _reference(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
     dtype = resolve_dtype(job.train.dtype, job.train.use_gpu)
     return run_reference(job.reference, _start_model(job), dtype, job.train.prefix_weight,
                          _upstream_file(job, "sample", "pairs.parquet"), out, packing=job.train.packing,
-                         decision_only=job.train.decision_only, binary_decision=job.train.binary_decision)
+                         decision_only=job.train.decision_only, binary_decision=job.train.binary_decision,
+                         attention=job.train.attention)
 
 
 def _train(job: JobConfig, out: Path, resume: bool) -> dict[str, Any]:
@@ -161,7 +162,7 @@ STAGES: dict[str, tuple[Callable[[JobConfig, Path, bool], dict[str, Any]], tuple
                          "sft.enabled"), ("construct", "sft")),
     "reference": (_reference, ("reference", "target.model", "train.model", "train.from_sft", "train.dtype",
                                "train.use_gpu", "train.prefix_weight", "train.packing", "train.decision_only",
-                               "train.binary_decision",
+                               "train.binary_decision", "train.attention",
                                "sft.enabled"), ("sample", "sft")),
     "train": (_train, ("train", "target", "seed", "sft.enabled"), ("reference", "sft")),
     "evaluate": (_evaluate, ("evaluate", "target", "score", "seed", "train.enabled", "sft.enabled", "construct.catalog"),

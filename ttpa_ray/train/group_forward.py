@@ -10,12 +10,15 @@ once per turn: the pairs with the same prompt and the same chosen completion for
 
 where ``d_k`` is pair ``k``'s divergence index (``rejected_k[:d_k] == chosen[:d_k]``) and ``M``
 is the number of completion tokens the main segment predicts: ``len(chosen)``, or one more
-when some rejected continues past the whole chosen (``d_k == len(chosen)``). Under a 4-D
-additive attention mask the main segment is causal; continuation ``k`` attends to
+when some rejected continues past the whole chosen (``d_k == len(chosen)``). Under the packed
+attention mask the main segment is causal; continuation ``k`` attends to
 ``prompt + chosen[:d_k]`` (the prefix it branched from) and causally to itself, never to
 ``chosen[d_k:]`` nor to another continuation. Its position ids restart at
 ``len(prompt) + d_k``. So each continuation sees exactly the context its own full sequence
-``prompt + rejected_k`` would, and every log-prob equals the one of the naive forward.
+``prompt + rejected_k`` would, and every log-prob equals the one of the naive forward. The mask
+is built in :mod:`ttpa_ray.train.packed_attention` from ``GroupBatch.segment`` and ``.visible``:
+a dense additive mask for sdpa/eager attention (CPUs), a FlexAttention block mask for
+``flex_attention`` (GPUs: fused kernels that skip the masked blocks).
 
 The LM head sees only hidden states that predict completion tokens: main positions from the
 last prompt token on (position ``len(prompt) + j - 1`` predicts ``chosen[j]``, and
@@ -32,8 +35,8 @@ forward and ZeRO-3 can free its gradient as soon as the backward leaves its laye
 
 A batch of several groups is right-padded. Padding is never a key; a padding query attends
 to itself only (its output is unused, and no softmax row is empty). The same limits as
-:func:`pair_logps` apply: ``sdpa`` or ``eager`` attention, no sliding-window layers, no logit
-post-processing after the LM head.
+:func:`pair_logps` apply: ``sdpa``, ``eager`` or ``flex_attention`` attention, no sliding-window
+layers, no logit post-processing after the LM head.
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache
 
 from ttpa_ray.train.losses import binary_decision
+from ttpa_ray.train.packed_attention import check_packed_model, packed_mask
 from ttpa_ray.train.pair_forward import PairLogps, call_sides, collate_pairs, pad_sequences, tail_weights
 
 __all__ = ["GroupBatch", "collate_groups", "group_logps", "group_pairs", "turn_logps"]
@@ -191,20 +194,6 @@ def collate_groups(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> Grou
         rejected_head=rj_head, rejected_ids=rj_ids, rejected_mask=rj_mask)
 
 
-def _group_mask(batch: GroupBatch, dtype: torch.dtype) -> Tensor:
-    """Additive attention mask ``(G, 1, L, L)`` ``[query, key]``: a key is visible if it is one
-    of the first ``visible[query]`` main tokens, or an earlier-or-same token of the query's own
-    continuation; padding is never a key, and every query sees itself."""
-    seg, vis = batch.segment, batch.visible
-    L = seg.shape[1]
-    idx = torch.arange(L, device=seg.device)
-    main_key = (seg[:, None, :] == 0) & (idx[None, None, :] < vis[:, :, None])
-    own = (seg[:, :, None] >= 1) & (seg[:, :, None] == seg[:, None, :]) & (idx[None, None, :] <= idx[None, :, None])
-    allowed = main_key | own | torch.eye(L, dtype=torch.bool, device=seg.device)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
-
-
 def group_logps(model: torch.nn.Module, batch: GroupBatch, prefix_weight: float = 1.0,
                 tail_weight: Tensor | None = None, call_side: Tensor | None = None) -> PairLogps:
     """Grouped shared-prefix forward of a HF causal LM: one :class:`PairLogps` entry per pair,
@@ -212,14 +201,9 @@ def group_logps(model: torch.nn.Module, batch: GroupBatch, prefix_weight: float 
     the completion tokens before each pair's divergence token (0: only tokens from it on);
     ``tail_weight`` (B,), from :func:`~ttpa_ray.train.pair_forward.tail_weights`, those after it;
     ``call_side`` (B,), from :func:`~ttpa_ray.train.pair_forward.call_sides`: the binary decision."""
-    if any(DynamicCache(config=model.config).is_sliding):
-        raise NotImplementedError("group_logps does not support sliding-window attention layers (its packed mask "
-                                  "replaces theirs); use naive_pair_logps for this model")
-    if model.config._attn_implementation not in ("sdpa", "eager"):
-        raise NotImplementedError(f"group_logps needs attention that takes a 4D mask (sdpa or eager), not "
-                                  f"{model.config._attn_implementation!r}; load the model with attn_implementation='sdpa'")
+    impl = check_packed_model(model, "group_logps")
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    mask = _group_mask(batch, model.get_input_embeddings().weight.dtype)
+    mask = packed_mask(batch.segment, batch.visible, impl, model.get_input_embeddings().weight.dtype)
     h = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                 use_cache=False).last_hidden_state                                # (G, L, H)
     logits = lm_head(h.flatten(0, 1)[batch.head_pos])                             # (N, V)

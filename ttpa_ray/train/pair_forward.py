@@ -16,9 +16,11 @@ tokens are scored once and added to both sides, and the last prefix position pre
 
 Modules are only called through their forward (decoder, then ``get_output_embeddings()``), so
 DeepSpeed ZeRO-3 gathers their parameters as usual, and HF gradient checkpointing applies.
-Needs ``sdpa`` or ``eager`` attention (they take a 4D mask). Not supported: sliding-window
-attention layers (the packed mask replaces theirs) and models that post-process logits after
-the LM head (e.g. Gemma-2 soft-capping); use :func:`naive_pair_logps` for those.
+Needs ``sdpa`` or ``eager`` attention (a dense 4-D mask) or ``flex_attention`` (a block mask
+that skips the masked blocks; the GPU path); the mask comes from
+:mod:`ttpa_ray.train.packed_attention`. Not supported: sliding-window attention layers (the
+packed mask replaces theirs) and models that post-process logits after the LM head (e.g.
+Gemma-2 soft-capping); use :func:`naive_pair_logps` for those.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache
 
 from ttpa_ray.train.losses import binary_decision, divergence_weights, sequence_logps
+from ttpa_ray.train.packed_attention import check_packed_model, packed_mask
 
 COLUMNS = ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids", "divergence_index")
 
@@ -128,29 +130,26 @@ def _token_logps(logits: Tensor, labels: Tensor) -> Tensor:
     return logits.gather(-1, labels) - logits.logsumexp(-1, keepdim=True)
 
 
-def _packed_mask(batch: PairBatch, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Position ids ``(B, L)`` and additive attention mask ``(B, 1, L, L)`` of the packed rows
-    ``[prefix | chosen[d:-1] | rejected[d:-1]]``, ``L = P + 2(S-1)``: prefix tokens attend
-    causally within the prefix; each suffix attends to the whole (real) prefix and causally to
-    itself, never to the other suffix. Padding is never a key; a padding query sees only itself
-    (its output is unused, and no softmax row is empty)."""
+def pair_layout(batch: PairBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Position ids, ``segment`` and ``visible`` ``(B, L)`` of the packed rows
+    ``[prefix | chosen[d:-1] | rejected[d:-1]]``, ``L = P + 2(S-1)``, as
+    :func:`~ttpa_ray.train.packed_attention.packed_mask` reads them: prefix tokens are the main
+    segment (0, causal within the prefix), the two suffixes continuations 1 and 2, each seeing
+    the whole real prefix and causally itself, never the other suffix. Padding is segment -1:
+    never a key; a padding query sees only itself (its output is unused)."""
     B, P = batch.prefix_ids.shape
     S1 = batch.suffix_ids.shape[1] - 1
     device = batch.prefix_ids.device
     prefix_lens = batch.prefix_mask.sum(-1)
-    seg = torch.cat([torch.zeros(P, dtype=torch.long, device=device),
-                     torch.full((S1,), 1, device=device), torch.full((S1,), 2, device=device)])   # (L,)
+    block = torch.cat([torch.zeros(P, dtype=torch.long, device=device),
+                       torch.full((S1,), 1, device=device), torch.full((S1,), 2, device=device)])   # (L,)
     real = torch.cat([batch.prefix_mask, batch.suffix_mask[0::2, :-1], batch.suffix_mask[1::2, :-1]], 1).bool()
     suffix_pos = prefix_lens[:, None] + torch.arange(S1, device=device)
     pos = torch.cat([torch.arange(P, device=device).expand(B, P), suffix_pos, suffix_pos], 1)   # (B, L)
-    idx = torch.arange(seg.shape[0], device=device)
-    causal = idx[None, :] <= idx[:, None]                                                   # (L, L) [query, key]
-    same = seg[:, None] == seg[None, :]
-    into_prefix = (seg[None, :] == 0) & (seg[:, None] != 0)
-    allowed = (real[:, None, :] & ((same & causal) | into_prefix)[None]) | torch.eye(seg.shape[0], dtype=torch.bool,
-                                                                                      device=device)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return pos, mask[:, None]
+    segment = block.expand(B, -1).masked_fill(~real, -1)
+    visible = torch.cat([torch.arange(1, P + 1, device=device).expand(B, P),
+                         prefix_lens[:, None].expand(B, 2 * S1)], 1).masked_fill(~real, 0)
+    return pos, segment, visible
 
 
 def tail_weights(rows: Sequence[Mapping[str, Any]], decision_only: Sequence[str] = ()) -> Tensor | None:
@@ -193,18 +192,14 @@ def pair_logps(model: torch.nn.Module, batch: PairBatch, prefix_weight: float = 
     B, P = batch.prefix_ids.shape
     device = batch.prefix_ids.device
     prefix_lens = batch.prefix_mask.sum(-1)                                       # (B,)
-    if any(DynamicCache(config=model.config).is_sliding):
-        raise NotImplementedError("pair_logps does not support sliding-window attention layers (its packed mask "
-                                  "replaces theirs); use naive_pair_logps for this model")
-    if model.config._attn_implementation not in ("sdpa", "eager"):
-        raise NotImplementedError(f"pair_logps needs attention that takes a 4D mask (sdpa or eager), not "
-                                  f"{model.config._attn_implementation!r}; load the model with attn_implementation='sdpa'")
+    impl = check_packed_model(model, "pair_logps")
     rest_mask = batch.suffix_mask[:, 1:].bool()                                   # (2B, S-1)
     S1 = rest_mask.shape[1]
     if S1 < 1:
         raise ValueError("batch.suffix_ids must be at least 2 wide; build batches with collate_pairs")
     ids = torch.cat([batch.prefix_ids, batch.suffix_ids[0::2, :-1], batch.suffix_ids[1::2, :-1]], 1)   # (B, L)
-    position_ids, mask = _packed_mask(batch, model.get_input_embeddings().weight.dtype)
+    position_ids, segment, visible = pair_layout(batch)
+    mask = packed_mask(segment, visible, impl, model.get_input_embeddings().weight.dtype)
     h = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids,
                 use_cache=False).last_hidden_state                               # (B, L, H)
 

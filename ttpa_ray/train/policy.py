@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.models.registry import torch_dtype
+from ttpa_ray.train.packed_attention import attention_implementation
 from ttpa_ray.train.plan import deepspeed_config, lr_factor
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ def policy_parts(model_dir: Path, cfg: TrainConfig, world: int, total_steps: int
         from transformers.integrations import HfDeepSpeedConfig
 
         hf_ds = HfDeepSpeedConfig(ds_config)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    # train.attention picks the packed rows' attention (FlexAttention on GPUs); sft loads the default.
+    attn = attention_implementation(cfg.attention, use_gpu) if isinstance(cfg, TrainConfig) else None
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
     disable_dropout(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

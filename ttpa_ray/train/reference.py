@@ -4,7 +4,8 @@
 :class:`ReferenceBatch` holds the starting model (the DPO reference) in transformers; the
 forward train uses (``train.packing``: one packed row per turn, :mod:`ttpa_ray.train.group_forward`,
 or per pair, :mod:`ttpa_ray.train.pair_forward`) gives ``ref_chosen_logps`` and
-``ref_rejected_logps`` (sums over completion tokens, with ``train.prefix_weight``). A pair that
+``ref_rejected_logps`` (sums over completion tokens, with ``train.prefix_weight``; the packed
+rows' attention from ``train.attention``, as train loads it). A pair that
 cannot be scored (too long for memory, bad token ids) gets ``ref_error`` and NaN log-probs:
 counted, kept, and left out of training.
 """
@@ -26,12 +27,16 @@ class ReferenceBatch:
     ``ref_error`` out."""
 
     def __init__(self, model_dir: str, dtype: str, prefix_weight: float, batch_size: int, packing: str = "turn",
-                 decision_only: list[str] | None = None, binary_decision: bool = False):
+                 decision_only: list[str] | None = None, binary_decision: bool = False, attention: str = "auto"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from ttpa_ray.train.packed_attention import attention_implementation
+
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(self.device).eval()
+        attn = attention_implementation(attention, use_gpu=self.device == "cuda")   # train.attention, as train loads it
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+                                                          attn_implementation=attn).to(self.device).eval()
         self.pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
         self.prefix_weight = prefix_weight
         self.batch_size = batch_size

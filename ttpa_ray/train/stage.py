@@ -286,7 +286,7 @@ def turn_blocks(table: pa.Table, size: int) -> list[pa.Table]:
 
 def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: float, pairs: Path, out: Path,
                   packing: str = "turn", decision_only: list[str] | None = None,
-                  binary_decision: bool = False) -> dict[str, Any]:
+                  binary_decision: bool = False, attention: str = "auto") -> dict[str, Any]:
     """The ``reference`` stage: ``pairs`` (``sample/pairs.parquet``) on a pool of
     :class:`~ttpa_ray.train.reference.ReferenceBatch` actors, written to ``out/pairs.parquet``
     with every sample column kept and ``ref_chosen_logps``, ``ref_rejected_logps``, ``ref_error``
@@ -322,7 +322,8 @@ def run_reference(cfg: ReferenceConfig, model: str, dtype: str, prefix_weight: f
                                                                "prefix_weight": prefix_weight,
                                                                "batch_size": cfg.batch_size, "packing": packing,
                                                                "decision_only": list(decision_only or []),
-                                                               "binary_decision": binary_decision},
+                                                               "binary_decision": binary_decision,
+                                                               "attention": attention},
                         **kwargs)
     rows = sorted(collect(ds.iter_rows(), "reference", table.num_rows), key=lambda r: r["id"])
     for r in rows:
