@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import socket
 from pathlib import Path
 
@@ -116,13 +117,15 @@ def pairs_with_ref(tiny_model, tmp_path_factory):
     return path
 
 
-def _run_local(tiny_model, pairs, steps, **overrides):
+def _run_local(tiny_model, pairs, steps, backward_allreduce=None, **overrides):
     from ttpa_ray.train.loop import prepare_pairs, run_steps
     from ttpa_ray.train.stage import create_policy
 
     cfg = TrainConfig(**{"learning_rate": 1e-3, "max_steps": steps} | overrides)
     table, _ = prepare_pairs(pairs, cfg)
     policy = create_policy(tiny_model, cfg, world=1, total_steps=steps, use_gpu=False)
+    if backward_allreduce is not None:
+        policy.engine.enable_backward_allreduce = backward_allreduce
     state = run_steps(policy, table, cfg, seed=0, rank=0, world=1, total=steps, pad_id=0,
                       state={"step": 0, "history": []})
     weights = {n: p.detach().clone() for n, p in policy.module.named_parameters()}
@@ -194,6 +197,38 @@ def test_turn_packing_policy_equal_to_reference_ties_exactly(tiny_model, process
     assert first["pairs"] == 6 and first["rewards/chosen"] == 0.0 and first["rewards/margins"] == 0.0
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-7) and first["rewards/accuracies"] == 0.0  # ties: not accurate
     assert history[1]["rewards/margins"] > 0  # and then it learns
+
+
+@pytest.mark.slow
+def test_one_rank_zero0_skips_the_gradient_all_reduce_and_trains_the_same_weights(tiny_model, pairs_with_ref,
+                                                                                   process_group):
+    """One rank, ZeRO-0: create_policy turns DeepSpeed's gradient all-reduce off (it flattens every
+    gradient into a whole-model bucket to average over one rank: only memory). Same weights as
+    with it on, bit for bit, over accumulated micro-batches."""
+    import torch
+
+    a, wa, policy = _run_local(tiny_model, pairs_with_ref, 2, micro_batch_size=2, gradient_accumulation_steps=2,
+                               zero_stage=0)
+    assert policy.engine.enable_backward_allreduce is False
+    b, wb, _ = _run_local(tiny_model, pairs_with_ref, 2, backward_allreduce=True, micro_batch_size=2,
+                          gradient_accumulation_steps=2, zero_stage=0)
+    assert [x["loss"] for x in a] == [y["loss"] for y in b] and a[1]["loss"] != a[0]["loss"]
+    assert all(torch.equal(w, wb[name]) for name, w in wa.items())
+    _, _, two_stage = _run_local(tiny_model, pairs_with_ref, 1, micro_batch_size=2, zero_stage=2)
+    assert two_stage.engine.enable_backward_allreduce  # ZeRO-2 reduces into its partitions through it
+
+
+def test_heap_mmap_threshold_is_set_on_glibc_and_left_alone_at_0():
+    from ttpa_ray.runtime import set_heap_mmap_threshold
+
+    assert set_heap_mmap_threshold(0) is False
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert set_heap_mmap_threshold(128) is glibc
+    if glibc:  # back to where glibc's dynamic thresholds settle (mmap 32 MiB, trim 64 MiB) for the other tests
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        assert libc.mallopt(-3, 32 * 2**20) == 1 and libc.mallopt(-1, 64 * 2**20) == 1
 
 
 @pytest.mark.slow

@@ -64,6 +64,26 @@ def setup_env() -> dict[str, str]:
     return env
 
 
+def set_heap_mmap_threshold(kb: int) -> bool:
+    """glibc malloc: serve host allocations of at least ``kb`` KiB with pages of their own (mmap),
+    returned to the system on free; ``kb = 0`` leaves glibc's default. True if it was set.
+
+    glibc's default threshold is dynamic: each freed mmapped block raises it (up to 32 MiB), so
+    a training step's activations soon come from the heap, whose freed middle is never given
+    back, and RSS keeps what the step's peak used. A fixed threshold also fixes the trim
+    threshold (glibc ties the two). Other C libraries (musl, macOS) are left alone (False)."""
+    if kb <= 0:
+        return False
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None or "libc.so" not in name or not hasattr(ctypes.CDLL(name), "mallopt"):
+        return False
+    m_mmap_threshold = -3  # malloc.h
+    return ctypes.CDLL(name).mallopt(m_mmap_threshold, kb * 1024) == 1
+
+
 def _has_cuda() -> bool:
     # Cheap check that does not import torch: a CUDA driver exposes /proc/driver/nvidia.
     return Path("/proc/driver/nvidia").exists() or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))

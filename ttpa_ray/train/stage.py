@@ -47,6 +47,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ttpa_ray.columns import none_if_nan
 from ttpa_ray.config import ReferenceConfig, SftConfig, TrainConfig, TrainerConfig
 from ttpa_ray.console import collect, quiet_train_worker, verbose
+from ttpa_ray.runtime import set_heap_mmap_threshold
 from ttpa_ray.train import plan
 from ttpa_ray.train.group_forward import group_pairs
 from ttpa_ray.sft.objective import SftObjective
@@ -78,9 +79,15 @@ def create_policy(model_dir: Path, cfg: TrainerConfig, world: int, total_steps: 
     to ``deepspeed.initialize``. Needs an initialised process group."""
     import deepspeed
 
+    set_heap_mmap_threshold(cfg.heap_mmap_threshold_kb)  # before the model's tensors are allocated
     parts = policy_parts(model_dir, cfg, world, total_steps, use_gpu)
     engine, _, _, _ = deepspeed.initialize(model=parts.model, optimizer=parts.optimizer,
                                            lr_scheduler=parts.scheduler, config=parts.ds_config)
+    if world == 1 and cfg.zero_stage == 0:
+        # ZeRO-0's gradient all-reduce flattens every gradient into one bucket (a whole model's
+        # copy, 513 MiB for SmolLM2-135M in fp32) to average over ranks: with one rank that is
+        # only memory at the step's peak (bench/train.py, step case).
+        engine.enable_backward_allreduce = False
     return Policy(engine, cfg, Path(model_dir), parts.hf_ds_config)
 
 
