@@ -80,3 +80,23 @@ def step_flops(model: Any, rows: list[dict[str, Any]], packing: str, per_step: i
     flops = 6 * non_embed * positions + 6 * hidden * vocab * head_positions + 12 * layers * hidden * keys
     return {"positions": positions, "head_positions": head_positions, "attention_keys": keys,
             "non_embedding_params": non_embed, "flops": float(flops)}
+
+
+def step_timer(clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] = lambda: None) -> Any:
+    """A transformers ``TrainerCallback`` that records ``clock()`` when training begins
+    (``.begin``) and after every optimizer step (``.ends``), after ``sync()`` (a CUDA
+    synchronisation on GPUs): how the benches time TRL's trainer step by step."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.begin, self.ends = 0.0, []
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+            self.begin = clock()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+            sync()
+            self.ends.append(clock())
+
+    return StepTimer()

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flops import DATASHEET_BF16_TFLOPS, matmul_gflops, step_flops
+from flops import DATASHEET_BF16_TFLOPS, matmul_gflops, step_flops, step_timer
 
 BETA, LR, PAD, EOS = 0.1, 1e-6, 0, 1
 # Qwen2.5-0.5B's shape (its config.json): 494 M parameters, 358 M of them outside the embedding.
@@ -195,7 +195,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
 def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
     gpu = spec["device"] == "cuda"
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     facts = _device_facts(spec)
@@ -207,20 +207,9 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001, ANN202
             return dataset
 
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.begin, self.ends = 0.0, []
-
-        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
-            self.begin = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
-            _sync(gpu)
-            self.ends.append(time.perf_counter())
-
     data = Dataset.from_list([{"prompt_ids": r["prompt_token_ids"], "chosen_ids": r["chosen_token_ids"],
                                "rejected_ids": r["rejected_token_ids"]} for r in rows])
-    timer = StepTimer()
+    timer = step_timer(time.perf_counter, lambda: _sync(gpu))
     with tempfile.TemporaryDirectory(prefix="gpu-check-trl-") as out:
         args = DPOConfig(output_dir=out, per_device_train_batch_size=len(rows), gradient_accumulation_steps=1,
                          max_steps=spec["warmup"] + spec["steps"], learning_rate=LR, lr_scheduler_type="constant",

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from flops import matmul_gflops as _matmul_gflops  # bench/flops.py (this folder is on sys.path)
-from flops import step_flops
+from flops import step_flops, step_timer
 
 from ttpa_ray.synthetic import synthetic_pairs
 
@@ -283,7 +283,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
 def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from ttpa_ray.models.registry import resolve
@@ -308,19 +308,9 @@ def worker_trl(spec: dict[str, Any], precompute: bool) -> dict[str, Any]:
             type(self).precompute_window = [t0, time.time()]
             return out
 
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.begin, self.ends = 0.0, []
-
-        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201
-            self.begin = time.time()
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
-            self.ends.append(time.time())
-
     data = Dataset.from_list([{"prompt_ids": r["prompt_token_ids"], "chosen_ids": r["chosen_token_ids"],
                                "rejected_ids": r["rejected_token_ids"]} for r in rows])
-    timer = StepTimer()
+    timer = step_timer(time.time)  # wall clock, comparable with the driver's load samples
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
         args = DPOConfig(output_dir=out, per_device_train_batch_size=B, gradient_accumulation_steps=1,
                          max_steps=steps, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
