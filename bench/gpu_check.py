@@ -52,6 +52,7 @@ from typing import Any
 from flops import DATASHEET_BF16_TFLOPS, matmul_gflops, step_flops, step_timer
 
 BETA, LR, PAD, EOS = 0.1, 1e-6, 0, 1
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # Qwen2.5-0.5B's shape (its config.json): 494 M parameters, 358 M of them outside the embedding.
 QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
@@ -240,8 +241,11 @@ def _run_side(kind: str, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     spec_file = tmp / f"{kind}.json"
     spec_file.write_text(json.dumps(spec))
     t0 = time.perf_counter()
+    # Each side is a one-process job of its own: a process group left in the environment (a
+    # launcher's RANK / MASTER_PORT ...) would make TRL's accelerate join it.
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", str(spec_file)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not line:
         print(f"  {kind}: FAILED (exit {proc.returncode}); its last output:\n{proc.stderr[-3000:]}", flush=True)

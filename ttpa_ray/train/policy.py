@@ -97,6 +97,12 @@ class Policy:
         self.source = source
         self._hf_ds_config = hf_ds_config  # keeps ZeRO-3 aware loading alive
         self._norm: float | None = None
+        if cfg.zero_stage == 0 and engine.dp_world_size == 1:
+            # ZeRO-0's gradient all-reduce flattens every gradient into one bucket (a whole
+            # model's copy, 513 MiB for SmolLM2-135M in fp32) to average them over the ranks: with
+            # one rank it only costs memory and time. (ZeRO >= 1 reduces into its partitions
+            # through the same switch, so it stays on there.)
+            engine.enable_backward_allreduce = False
 
     @property
     def module(self) -> torch.nn.Module:

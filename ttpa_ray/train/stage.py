@@ -83,11 +83,6 @@ def create_policy(model_dir: Path, cfg: TrainerConfig, world: int, total_steps: 
     parts = policy_parts(model_dir, cfg, world, total_steps, use_gpu)
     engine, _, _, _ = deepspeed.initialize(model=parts.model, optimizer=parts.optimizer,
                                            lr_scheduler=parts.scheduler, config=parts.ds_config)
-    if world == 1 and cfg.zero_stage == 0:
-        # ZeRO-0's gradient all-reduce flattens every gradient into one bucket (a whole model's
-        # copy, 513 MiB for SmolLM2-135M in fp32) to average over ranks: with one rank that is
-        # only memory at the step's peak (bench/train.py, step case).
-        engine.enable_backward_allreduce = False
     return Policy(engine, cfg, Path(model_dir), parts.hf_ds_config)
 
 
