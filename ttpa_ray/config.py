@@ -384,7 +384,7 @@ class TrainerConfig(Section):
         0, ge=0, le=32768, description="CPU memory of each worker (Linux, glibc): host allocations of at least "
         "this many KiB get pages of their own, returned to the system when freed (mallopt M_MMAP_THRESHOLD). "
         "glibc's default threshold (0 here) climbs to 32 MiB as tensors are freed, after which freed activations "
-        "stay in the heap. 128 takes 0.3-0.6 GB off the demo step's peak RSS but makes the step ~1.4x slower "
+        "stay in the heap. 128 took 0.3-0.5 GB off the demo step's peak RSS and made the step ~1.4x slower "
         "(every large tensor's pages are faulted in afresh; bench/train.py, step case).")
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = Field(False, description="ZeRO-2/3: optimizer states in CPU memory.")

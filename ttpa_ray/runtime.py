@@ -72,16 +72,14 @@ def set_heap_mmap_threshold(kb: int) -> bool:
     a training step's activations soon come from the heap, whose freed middle is never given
     back, and RSS keeps what the step's peak used. A fixed threshold also fixes the trim
     threshold (glibc ties the two). Other C libraries (musl, macOS) are left alone (False)."""
-    if kb <= 0:
+    import platform
+
+    if kb <= 0 or platform.libc_ver()[0] != "glibc":
         return False
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if name is None or "libc.so" not in name or not hasattr(ctypes.CDLL(name), "mallopt"):
-        return False
     m_mmap_threshold = -3  # malloc.h
-    return ctypes.CDLL(name).mallopt(m_mmap_threshold, kb * 1024) == 1
+    return ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, kb * 1024) == 1
 
 
 def _has_cuda() -> bool:
