@@ -86,3 +86,12 @@ def test_extends_merges_section_by_section_and_refuses_cycles(tmp_path: Path):
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\nname: c\n")
     with pytest.raises(ConfigError, match="no such job file"):
         load_job(tmp_path / "c.yaml")
+
+
+def test_decision_loss_needs_turn_packing():
+    """train.decision_loss reads the chosen side once per packed turn: with pair packing it is
+    refused at load time, with the two ways out."""
+    job = load_job(JOBS[0], ["train.decision_loss=2"])
+    assert job.train.decision_loss == 2.0 and job.train.packing == "turn"
+    with pytest.raises(ConfigError, match="decision_loss needs packing: turn.*train.decision_loss: 0"):
+        load_job(JOBS[0], ["train.decision_loss=2", "train.packing=pair"])

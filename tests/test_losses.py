@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ttpa_ray.train.losses import LOSSES, divergence_weights, dpo_loss, sequence_logps
+from ttpa_ray.train.losses import LOSSES, decision_loss, divergence_weights, dpo_loss, sequence_logps
 
 
 def _rand(n=16, seed=0):
@@ -77,3 +77,12 @@ def test_sequence_logps_sum_mean_and_divergence_weights():
     w = divergence_weights(mask, torch.tensor([1, 0]))
     assert w.tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 1, 0]]
     assert torch.allclose(sequence_logps(logits, labels, mask, token_weights=w), (lp * w).sum(-1))
+
+
+def test_decision_loss_counts_each_turn_once():
+    """Mean over turns of -log p(first chosen token), whatever the number of pairs per turn:
+    turn 0 (3 pairs, p = 0.5) and turn 1 (1 pair, p = 0.1) give (ln 2 + ln 10) / 2."""
+    lp = torch.log(torch.tensor([0.5, 0.1, 0.5, 0.5], dtype=torch.float64))
+    got = decision_loss(lp, torch.tensor([0, 1, 0, 0]))
+    assert got.item() == pytest.approx((math.log(2) + math.log(10)) / 2, abs=1e-12)
+    assert decision_loss(lp[:1], torch.tensor([0])).item() == pytest.approx(math.log(2), abs=1e-12)

@@ -455,6 +455,12 @@ class TrainConfig(TrainerConfig):
                                   "the text side counts log(1 - p(the call token)), not log p(its first word). Else a "
                                   "rejected 'Here is what I found' in a call turn pushes 'Here' down everywhere, the "
                                   "final answers after tool results included.")
+    decision_loss: float = Field(0.0, ge=0, description="Adds decision_loss x the mean over turns of -log p(the "
+                                 "chosen side's first token): the call-or-answer decision (<tool_call, or a text "
+                                 "answer's first word) taught on every turn, call and no-call alike, with its own "
+                                 "weight. DPO on the call turns' pairs raises p(call) on every prompt, irrelevant "
+                                 "ones included (README, 'The demo'); this holds the decision where the data put it. "
+                                 "Needs packing: turn. 0 = off.")
     pair_weights: Literal["none", "score_margin"] = Field(
         "none", description="score_margin: weight each pair by its ESM score margin (mean weight 1).")
     packing: Literal["turn", "pair"] = Field(
@@ -470,6 +476,9 @@ class TrainConfig(TrainerConfig):
 
     @model_validator(mode="after")
     def _flex_on_gpus(self) -> TrainConfig:
+        if self.decision_loss and self.packing != "turn":
+            raise ValueError("decision_loss needs packing: turn (the turn's chosen side is scored once per packed row); "
+                             "set train.packing: turn or train.decision_loss: 0")
         if self.attention == "flex" and not self.use_gpu:
             raise ValueError("attention: flex needs use_gpu: true (torch has no FlexAttention backward on CPUs); "
                              "set attention: auto (dense on CPUs) or dense")

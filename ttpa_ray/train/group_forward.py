@@ -230,7 +230,7 @@ def group_logps(model: torch.nn.Module, batch: GroupBatch, prefix_weight: float 
         n = (lens - d).to(dtype)
         return prefix_weight * df + n.clamp(max=1) + tail * (n - 1).clamp(min=0)
 
-    return PairLogps(chosen, rejected, tokens(batch.chosen_lens), tokens(batch.rejected_lens))
+    return PairLogps(chosen, rejected, tokens(batch.chosen_lens), tokens(batch.rejected_lens), lp_chosen[:, 0])
 
 
 def turn_logps(model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], pad_token_id: int,
@@ -251,4 +251,5 @@ def turn_logps(model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], pad_to
     def gather(name: str) -> Tensor:
         return torch.cat([getattr(p, name) for p in parts])[inverse.to(parts[0].chosen.device)]
 
-    return PairLogps(gather("chosen"), gather("rejected"), gather("chosen_tokens"), gather("rejected_tokens"))
+    return PairLogps(gather("chosen"), gather("rejected"), gather("chosen_tokens"), gather("rejected_tokens"),
+                     gather("chosen_first"))

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.train import plan
-from ttpa_ray.train.losses import dpo_loss, sft_loss
+from ttpa_ray.train.losses import decision_loss, dpo_loss, sft_loss
 from ttpa_ray.train.memory_profile import TensorMemoryProfile
 from ttpa_ray.train.group_forward import group_pairs, turn_logps
 from ttpa_ray.train.pair_forward import call_sides, collate_pairs, pair_logps, tail_weights
@@ -149,6 +149,11 @@ def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id:
     objective = losses.mean()
     if cfg.sft_weight:
         objective = objective + cfg.sft_weight * sft_loss(lp.chosen, lp.chosen_tokens)
+    if cfg.decision_loss:
+        turn = torch.empty(len(rows), dtype=torch.long)
+        for t, idx in enumerate(group_pairs(rows, validate=False)):
+            turn[idx] = t
+        objective = objective + cfg.decision_loss * decision_loss(lp.chosen_first, turn.to(policy.device))
     return losses, rc, rr, objective, tokens
 
 

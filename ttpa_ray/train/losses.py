@@ -11,7 +11,8 @@ where Δ = (π_c - π_r) - (ref_c - ref_r). Rewards are ``β·(π - ref)``, deta
 scale each pair's loss (e.g. by the ESM score margin of the pair). :func:`sft_loss` is the
 mean NLL of the chosen tokens, added with a weight (TRL's ``loss_type=["sigmoid", "sft"]``,
 RPO): it also teaches the chosen text itself, e.g. the tool-call format, which a pair's
-shared prefix does not.
+shared prefix does not. :func:`decision_loss` teaches each turn's first token, the decision to
+call or to answer, with its own weight.
 
 >>> import torch
 >>> z = torch.zeros(2)
@@ -68,6 +69,20 @@ def sft_loss(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.T
     2.0
     """
     return -chosen_logps.sum() / chosen_tokens.sum().clamp(min=1.0)
+
+
+def decision_loss(chosen_first: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+    """Mean over turns of -log p(the chosen side's first completion token): the turn's
+    call-or-answer decision (``<tool_call``'s first token, or a text answer's first word),
+    taught directly on every turn, call turns and no-call turns alike. ``chosen_first`` ``(B,)``
+    per pair; ``turn`` ``(B,)`` the turn of each pair (pairs of a turn share their chosen side,
+    so each turn counts once, however many pairs it has).
+
+    >>> round(decision_loss(torch.log(torch.tensor([0.5, 0.5, 0.25])), torch.tensor([0, 0, 1])).item(), 4)
+    1.0397
+    """
+    counts = torch.bincount(turn).to(chosen_first.dtype)
+    return -(chosen_first / counts[turn]).sum() / (counts > 0).sum()
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,

@@ -69,6 +69,7 @@ class PairLogps:
     rejected: Tensor
     chosen_tokens: Tensor
     rejected_tokens: Tensor
+    chosen_first: Tensor | None = None   # log p(chosen[0]), the turn's call-or-answer decision (turn packing)
 
     def mean(self) -> tuple[Tensor, Tensor]:
         """Per-token averages ``(chosen, rejected)`` (IPO is length-normalised)."""
