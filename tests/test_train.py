@@ -428,6 +428,29 @@ def test_decision_only_without_branch_kind_is_refused_with_the_fix(tmp_path):
         TrainConfig(decision_only=["call_or_not"])  # a typo is named
 
 
+def test_reject_answers_false_leaves_out_and_counts_the_pairs_rejecting_a_text_answer(tmp_path):
+    """``train.reject_answers: false`` drops the pairs with call_side 1 (chosen calls, rejected
+    answers in text), after the reference-error filter, and counts them; call_side 0 and 2 stay.
+    Without the call_side column it is refused with the fix; nothing left is an error."""
+    from ttpa_ray.train.loop import prepare_pairs
+
+    base = [r | {"ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0} for r in synthetic_pairs(5, 50)]
+    pq.write_table(pa.Table.from_pylist(base), tmp_path / "pairs.parquet")
+    with pytest.raises(ValueError, match=r"call_side column.*reject_answers: true"):
+        prepare_pairs(tmp_path / "pairs.parquet", TrainConfig(reject_answers=False))
+    sides, errors = [1, 0, 2, 1, 1], [None, None, None, "boom", None]
+    rows = [r | {"call_side": s, "ref_error": e} for r, s, e in zip(base, sides, errors)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    table, counts = prepare_pairs(tmp_path / "pairs.parquet", TrainConfig(reject_answers=False))
+    assert table.column("id").to_pylist() == [rows[1]["id"], rows[2]["id"]]
+    assert counts == {"pairs": 2, "pairs_with_ref_error": 1, "pairs_answer_rejected_dropped": 2}
+    _, kept = prepare_pairs(tmp_path / "pairs.parquet", TrainConfig())
+    assert kept == {"pairs": 4, "pairs_with_ref_error": 1}
+    pq.write_table(pa.Table.from_pylist([r | {"call_side": 1} for r in base]), tmp_path / "pairs.parquet")
+    with pytest.raises(ValueError, match="no pairs left to train on"):
+        prepare_pairs(tmp_path / "pairs.parquet", TrainConfig(reject_answers=False))
+
+
 @pytest.mark.slow
 def test_decision_loss_teaches_each_turns_first_chosen_token(tiny_model, process_group, tmp_path):
     """``train.decision_loss``: the same steps with the per-turn decision loss added raise

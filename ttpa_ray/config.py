@@ -461,6 +461,12 @@ class TrainConfig(TrainerConfig):
                                  "weight. DPO on the call turns' pairs raises p(call) on every prompt, irrelevant "
                                  "ones included (README, 'The demo'); this holds the decision where the data put it. "
                                  "Needs packing: turn. 0 = off.")
+    reject_answers: bool = Field(True, description="Train on the pairs whose chosen side calls and whose rejected "
+                                 "side answers in text (the sample stage's call_side 1). false: leave them out "
+                                 "(counted as pairs_answer_rejected_dropped): in the demo their rejected text is "
+                                 "mostly the abstention that the no-call turns choose (\"I'm sorry, I can't do that "
+                                 "here ...\"), and DPO pushes that text down on every prompt, irrelevant ones "
+                                 "included (README, 'The demo').")
     pair_weights: Literal["none", "score_margin"] = Field(
         "none", description="score_margin: weight each pair by its ESM score margin (mean weight 1).")
     packing: Literal["turn", "pair"] = Field(

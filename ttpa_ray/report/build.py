@@ -77,7 +77,7 @@ _FLOW: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...],
     "sample": ((("turns", "turns"),), (("candidates", "candidates"), ("pairs", "pairs")), ("turn_errors",),
                ("no_candidate", "no_rejected", "gold_not_valid")),
     "reference": ((("pairs", "pairs"),), (("pairs", "pairs"),), ("ref_errors",), ()),
-    "train": ((("pairs", "pairs"),), (("steps", "steps"),), (), ("pairs_with_ref_error",)),
+    "train": ((("pairs", "pairs"),), (("steps", "steps"),), (), ("pairs_with_ref_error", "pairs_answer_rejected_dropped")),
     "evaluate": ((("bfcl_rows", "BFCL"), ("held_out_rows", "held-out"), ("episodes", "episodes")), (),
                  ("generation_errors", "score_errors"), ()),
 }

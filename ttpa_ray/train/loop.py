@@ -46,8 +46,9 @@ Hook = Callable[[dict[str, Any]], None]
 
 def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, int]]:
     """The reference stage's pairs as training reads them: pairs with a reference error left
-    out (counted), a ``weight`` per pair (``train.pair_weights``), :data:`COLUMNS` only (and
-    ``branch_kind`` with ``train.decision_only``)."""
+    out (counted), and with ``train.reject_answers: false`` those whose rejected side is a text
+    answer against a chosen call (counted), a ``weight`` per pair (``train.pair_weights``),
+    :data:`COLUMNS` only (and ``branch_kind`` with ``train.decision_only``)."""
     table = pq.read_table(pairs)
     if table.num_rows == 0:
         raise ValueError(f"{pairs} has no pairs: nothing to train on (see the sample stage's manifest)")
@@ -61,8 +62,14 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
     if cfg.binary_decision and "call_side" not in table.column_names:
         raise ValueError(f"train.binary_decision needs the pairs' call_side column, which {pairs} lacks (an older "
                          "sample stage): redo it with --from sample, or set train.binary_decision: false")
+    if not cfg.reject_answers and "call_side" not in table.column_names:
+        raise ValueError(f"train.reject_answers: false needs the pairs' call_side column, which {pairs} lacks (an older "
+                         "sample stage): redo it with --from sample, or set train.reject_answers: true")
     errors = table.column("ref_error").to_pylist() if "ref_error" in table.column_names else [None] * table.num_rows
     table = table.filter(pa.array([e is None for e in errors]))
+    with_ref = table.num_rows
+    if not cfg.reject_answers:
+        table = table.filter(pa.array([s != 1 for s in table.column("call_side").to_pylist()]))
     if cfg.pair_weights == "score_margin":
         margin = [max(c - r, 0.0) for c, r in zip(table.column("chosen_score").to_pylist(),
                                                    table.column("rejected_score").to_pylist())]
@@ -72,7 +79,12 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
         weights = [1.0] * table.num_rows
     table = table.append_column("weight", pa.array(weights, pa.float64()))
     keep = COLUMNS + (["branch_kind"] if cfg.decision_only else []) + (["call_side"] if cfg.binary_decision else [])
-    return table.select(keep), {"pairs": table.num_rows, "pairs_with_ref_error": len(errors) - table.num_rows}
+    counts = {"pairs": table.num_rows, "pairs_with_ref_error": len(errors) - with_ref}
+    if not cfg.reject_answers:
+        counts["pairs_answer_rejected_dropped"] = with_ref - table.num_rows
+    if table.num_rows == 0:
+        raise ValueError(f"{pairs}: no pairs left to train on ({counts}); see the sample and reference manifests")
+    return table.select(keep), counts
 
 
 class StepMetrics:
