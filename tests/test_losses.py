@@ -86,3 +86,6 @@ def test_decision_loss_counts_each_turn_once():
     got = decision_loss(lp, torch.tensor([0, 1, 0, 0]))
     assert got.item() == pytest.approx((math.log(2) + math.log(10)) / 2, abs=1e-12)
     assert decision_loss(lp[:1], torch.tensor([0])).item() == pytest.approx(math.log(2), abs=1e-12)
+    # A turn weight multiplies its turn's term; the mean is still over turns, not weights.
+    weighted = decision_loss(lp, torch.tensor([0, 1, 0, 0]), torch.tensor([0.5, 3.0, 0.5, 0.5]))
+    assert weighted.item() == pytest.approx((0.5 * math.log(2) + 3.0 * math.log(10)) / 2, abs=1e-12)

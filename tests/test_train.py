@@ -451,6 +451,28 @@ def test_reject_answers_false_leaves_out_and_counts_the_pairs_rejecting_a_text_a
         prepare_pairs(tmp_path / "pairs.parquet", TrainConfig(reject_answers=False))
 
 
+def test_decision_weights_balance_the_turns_first_tokens_and_reach_the_rows(tmp_path):
+    """``train.decision_loss`` with ``decision_balance``: three turns open with token 7 (one of
+    them with two pairs) and one with token 9: weights 2/3 and 2 per turn (each decision weighs
+    the same, mean 1 over turns), copied to every pair of the turn; without balance, all 1."""
+    from ttpa_ray.train.loop import prepare_pairs
+
+    rows = []
+    for t, (first, pairs) in enumerate([(7, 1), (7, 2), (9, 1), (7, 1)]):
+        for k in range(pairs):
+            rows.append({"id": len(rows), "prompt_token_ids": [3, 4, t + 10], "chosen_token_ids": [first, 5, 6],
+                         "rejected_token_ids": [first, 8 + k], "divergence_index": 1,
+                         "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    table, _ = prepare_pairs(tmp_path / "pairs.parquet", TrainConfig(decision_loss=1.0))
+    got = table.column("decision_weight").to_pylist()
+    assert got == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0, 2 / 3])
+    table, _ = prepare_pairs(tmp_path / "pairs.parquet", TrainConfig(decision_loss=1.0, decision_balance=False))
+    assert table.column("decision_weight").to_pylist() == [1.0] * 5
+    table, _ = prepare_pairs(tmp_path / "pairs.parquet", TrainConfig())
+    assert "decision_weight" not in table.column_names
+
+
 @pytest.mark.slow
 def test_decision_loss_teaches_each_turns_first_chosen_token(tiny_model, process_group, tmp_path):
     """``train.decision_loss``: the same steps with the per-turn decision loss added raise

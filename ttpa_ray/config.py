@@ -461,6 +461,10 @@ class TrainConfig(TrainerConfig):
                                  "weight. DPO on the call turns' pairs raises p(call) on every prompt, irrelevant "
                                  "ones included (README, 'The demo'); this holds the decision where the data put it. "
                                  "Needs packing: turn. 0 = off.")
+    decision_balance: bool = Field(True, description="With decision_loss: weight each turn so that every decision "
+                                   "(each distinct first chosen token: the call tag's, a text answer's first word) "
+                                   "weighs the same in total, mean weight 1. Else the majority decision (calling, in "
+                                   "the demo's 11 call and 6 no-call turns) pulls every prompt its way.")
     reject_answers: bool = Field(True, description="Train on the pairs whose chosen side calls and whose rejected "
                                  "side answers in text (the sample stage's call_side 1). false: leave them out "
                                  "(counted as pairs_answer_rejected_dropped): in the demo their rejected text is "

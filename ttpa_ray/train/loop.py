@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.train import plan
-from ttpa_ray.train.losses import decision_loss, dpo_loss, sft_loss
+from ttpa_ray.train.losses import balanced_decision_weights, decision_loss, dpo_loss, sft_loss
 from ttpa_ray.train.memory_profile import TensorMemoryProfile
 from ttpa_ray.train.group_forward import group_pairs, turn_logps
 from ttpa_ray.train.pair_forward import call_sides, collate_pairs, pair_logps, tail_weights
@@ -78,13 +78,32 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
     else:
         weights = [1.0] * table.num_rows
     table = table.append_column("weight", pa.array(weights, pa.float64()))
-    keep = COLUMNS + (["branch_kind"] if cfg.decision_only else []) + (["call_side"] if cfg.binary_decision else [])
+    keep = (COLUMNS + (["branch_kind"] if cfg.decision_only else []) + (["call_side"] if cfg.binary_decision else [])
+            + (["decision_weight"] if cfg.decision_loss else []))
+    if cfg.decision_loss:
+        table = table.append_column("decision_weight", pa.array(turn_decision_weights(table, cfg.decision_balance),
+                                                                 pa.float64()))
     counts = {"pairs": table.num_rows, "pairs_with_ref_error": len(errors) - with_ref}
     if not cfg.reject_answers:
         counts["pairs_answer_rejected_dropped"] = with_ref - table.num_rows
     if table.num_rows == 0:
         raise ValueError(f"{pairs}: no pairs left to train on ({counts}); see the sample and reference manifests")
     return table.select(keep), counts
+
+
+def turn_decision_weights(table: pa.Table, balance: bool) -> list[float]:
+    """Per pair, its turn's weight in ``train.decision_loss``: balanced over the turns' first
+    chosen tokens (:func:`~ttpa_ray.train.losses.balanced_decision_weights`), or 1."""
+    if not balance:
+        return [1.0] * table.num_rows
+    turns = group_pairs(table.select(["prompt_token_ids", "chosen_token_ids"]).to_pylist(), validate=False)
+    chosen = table.column("chosen_token_ids").to_pylist()
+    per_turn = balanced_decision_weights([chosen[idx[0]][0] for idx in turns])
+    weights = [1.0] * table.num_rows
+    for idx, w in zip(turns, per_turn):
+        for i in idx:
+            weights[i] = w
+    return weights
 
 
 class StepMetrics:
@@ -165,7 +184,8 @@ def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id:
         turn = torch.empty(len(rows), dtype=torch.long)
         for t, idx in enumerate(group_pairs(rows, validate=False)):
             turn[idx] = t
-        objective = objective + cfg.decision_loss * decision_loss(lp.chosen_first, turn.to(policy.device))
+        weight = torch.tensor([r["decision_weight"] for r in rows], device=policy.device)
+        objective = objective + cfg.decision_loss * decision_loss(lp.chosen_first, turn.to(policy.device), weight)
     return losses, rc, rr, objective, tokens
 
 

@@ -71,18 +71,37 @@ def sft_loss(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.T
     return -chosen_logps.sum() / chosen_tokens.sum().clamp(min=1.0)
 
 
-def decision_loss(chosen_first: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+def decision_loss(chosen_first: torch.Tensor, turn: torch.Tensor, weight: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Mean over turns of -log p(the chosen side's first completion token): the turn's
     call-or-answer decision (``<tool_call``'s first token, or a text answer's first word),
     taught directly on every turn, call turns and no-call turns alike. ``chosen_first`` ``(B,)``
     per pair; ``turn`` ``(B,)`` the turn of each pair (pairs of a turn share their chosen side,
-    so each turn counts once, however many pairs it has).
+    so each turn counts once, however many pairs it has); ``weight`` ``(B,)`` each pair's turn
+    weight (:func:`balanced_decision_weights`), multiplying its turn's term.
 
     >>> round(decision_loss(torch.log(torch.tensor([0.5, 0.5, 0.25])), torch.tensor([0, 0, 1])).item(), 4)
     1.0397
     """
     counts = torch.bincount(turn).to(chosen_first.dtype)
-    return -(chosen_first / counts[turn]).sum() / (counts > 0).sum()
+    w = 1.0 if weight is None else weight.to(chosen_first.dtype)
+    return -(w * chosen_first / counts[turn]).sum() / (counts > 0).sum()
+
+
+def balanced_decision_weights(first_tokens: list[int]) -> list[float]:
+    """Per turn, given each turn's first chosen token (its decision: the call tag's first token,
+    or a text answer's first word): weights under which every distinct decision weighs the same
+    in total, mean 1 over turns. With 11 call turns and 6 no-call turns an unweighted decision
+    loss pulls every prompt towards calling (the majority), which a small model, unable to tell
+    the prompts apart well, does on irrelevant prompts too.
+
+    >>> [round(w, 4) for w in balanced_decision_weights([7, 7, 7, 9])]
+    [0.6667, 0.6667, 0.6667, 2.0]
+    """
+    counts: dict[int, int] = {}
+    for t in first_tokens:
+        counts[t] = counts.get(t, 0) + 1
+    return [len(first_tokens) / (len(counts) * counts[t]) for t in first_tokens]
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
