@@ -495,3 +495,5 @@ def test_decision_loss_teaches_each_turns_first_chosen_token(tiny_model, process
     on, _, p_on = _run_local(tiny_model, tmp_path / "pairs.parquet", 4, decision_loss=5.0, **common)
     assert on[0]["loss"] == off[0]["loss"] and on[0]["rewards/margins"] == off[0]["rewards/margins"]
     assert first_logp(p_on) > first_logp(p_off) + 0.1
+    # decision_nll: the turns' mean -log p(first chosen token), logged only with the term on.
+    assert "decision_nll" not in off[0] and on[-1]["decision_nll"] < on[0]["decision_nll"]

@@ -156,9 +156,9 @@ class Objective(Protocol):
 
 
 def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, dict[str, float]]:
     """(per-pair losses (B,), chosen rewards (B,), rejected rewards (B,), the objective to
-    backpropagate, tokens) of one micro-batch of pairs."""
+    backpropagate, tokens, extra metric sums) of one micro-batch of pairs."""
     if cfg.packing == "turn":
         lp = turn_logps(policy.module, rows, pad_id, prefix_weight=cfg.prefix_weight, decision_only=cfg.decision_only,
                         binary=cfg.binary_decision)
@@ -180,13 +180,17 @@ def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id:
     objective = losses.mean()
     if cfg.sft_weight:
         objective = objective + cfg.sft_weight * sft_loss(lp.chosen, lp.chosen_tokens)
+    extra: dict[str, float] = {}
     if cfg.decision_loss:
+        turns = group_pairs(rows, validate=False)
         turn = torch.empty(len(rows), dtype=torch.long)
-        for t, idx in enumerate(group_pairs(rows, validate=False)):
+        for t, idx in enumerate(turns):
             turn[idx] = t
         weight = torch.tensor([r["decision_weight"] for r in rows], device=policy.device)
         objective = objective + cfg.decision_loss * decision_loss(lp.chosen_first, turn.to(policy.device), weight)
-    return losses, rc, rr, objective, tokens
+        first = lp.chosen_first.detach()
+        extra = {"dec": -sum(first[idx[0]].item() for idx in turns), "turns": len(turns)}
+    return losses, rc, rr, objective, tokens, extra
 
 
 class DpoObjective:
@@ -205,16 +209,17 @@ class DpoObjective:
 
     def __call__(self, policy: Any, rows: list[dict[str, Any]], cfg: Any, pad_id: int
                  ) -> tuple[torch.Tensor, dict[str, float]]:
-        losses, rc, rr, objective, tokens = pair_loss(policy, rows, cfg, pad_id)
+        losses, rc, rr, objective, tokens, extra = pair_loss(policy, rows, cfg, pad_id)
         return objective, {"loss": losses.detach().sum().item(), "r_c": rc.sum().item(), "r_r": rr.sum().item(),
-                           "acc": (rc > rr).float().sum().item(), "rows": len(losses), "tokens": tokens}
+                           "acc": (rc > rr).float().sum().item(), "rows": len(losses), "tokens": tokens, **extra}
 
     @staticmethod
     def metrics(s: dict[str, float]) -> dict[str, float]:
         n = max(s["rows"], 1.0)
         return {"loss": s["loss"] / n, "rewards/chosen": s["r_c"] / n, "rewards/rejected": s["r_r"] / n,
                 "rewards/margins": (s["r_c"] - s["r_r"]) / n, "rewards/accuracies": s["acc"] / n,
-                "pairs": int(s["rows"]), "tokens": int(s["tokens"])}
+                "pairs": int(s["rows"]), "tokens": int(s["tokens"])} | (
+                    {"decision_nll": s["dec"] / max(s["turns"], 1.0)} if "dec" in s else {})
 
     @staticmethod
     def progress(row: dict[str, Any]) -> str:
