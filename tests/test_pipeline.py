@@ -177,3 +177,23 @@ def test_a_resumed_evaluation_keeps_the_models_it_finished(tmp_path):
     for model, resume in (("no-such-model", False), ("no-such-model-2", True)):
         with pytest.raises(ModelError, match=f"unknown model '{model}'"):
             run_evaluate(*args, model, None, out, resume=resume)
+
+
+def test_a_stage_run_alone_refuses_an_upstream_made_with_another_config(tmp_path, fake_stages):
+    """`ttpa train JOB train.x=...` reads sample's output as it is: when sample was made with
+    another config (or from another construct run), the single-stage command is refused with
+    the fix, not run on stale input; `ttpa run` redoes the stale stage instead."""
+    pipeline.run_pipeline(_job(tmp_path))
+    fake_stages.clear()
+    pipeline.run_pipeline(_job(tmp_path, train={"learning_rate": 1e-4}), only="train")  # train's own change: fine
+    assert fake_stages == [("train", False)]
+    fake_stages.clear()
+    with pytest.raises(ValueError, match=r"stage train: its input .*sample.*ttpa run JOB --from sample"):
+        pipeline.run_pipeline(_job(tmp_path, sample={"top_k": 3}), only="train")
+    assert fake_stages == []
+    pipeline.run_pipeline(_job(tmp_path), only="construct")   # new instances: sample is stale too
+    with pytest.raises(ValueError, match="stage train: its input"):
+        pipeline.run_pipeline(_job(tmp_path), only="train")
+    pipeline.run_pipeline(_job(tmp_path))                     # `ttpa run` redoes sample, then train
+    assert [c[0] for c in fake_stages][-2:] == ["sample", "train"]
+    pipeline.run_pipeline(_job(tmp_path), only="train")

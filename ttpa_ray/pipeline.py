@@ -223,6 +223,8 @@ def _run_stages(job: JobConfig, names: list[str], from_stage: str | None,
             continue
         after_from = after_from or name == from_stage
         forced = after_from or name == only
+        if name == only:
+            check_upstream_current(job, name)
         stage_dir = run_dir / name
         fp = fingerprint(job, sections, upstream_tokens(job, name, upstream))
         manifest = read_manifest(stage_dir)
@@ -245,6 +247,22 @@ def _run_stages(job: JobConfig, names: list[str], from_stage: str | None,
         results[name] = manifest
         log.info("stage %s: done in %.1f s: %s", name, manifest["seconds"], summary(counts))
     return results
+
+
+def check_upstream_current(job: JobConfig, name: str) -> None:
+    """A stage run alone (``ttpa train JOB``) reads its upstream stages' output as it is: refuse
+    when a complete upstream stage was made with another config or from other inputs than this
+    job's (e.g. reference log-probs computed with another ``train.prefix_weight``), which would
+    otherwise give wrong results silently. ``ttpa run`` redoes such a stage instead."""
+    for u in STAGES[name][2]:
+        manifest = read_manifest(job.run_dir / u)
+        if not getattr(job, u).enabled or not manifest or manifest.get("status") != "complete":
+            continue
+        _, sections, upstream = STAGES[u]
+        if manifest.get("fingerprint") != fingerprint(job, sections, upstream_tokens(job, u, upstream)):
+            raise ValueError(f"stage {name}: its input {job.run_dir / u} was made with another config or from other "
+                             f"inputs than this job's ({', '.join(sections)}); run `ttpa run JOB --from {u}` with the "
+                             f"same overrides, or give `ttpa {name}` the overrides {u} was made with")
 
 
 SPLIT_READERS = ("sft", "sample", "evaluate")  # the stages that apply instances.held_out_ids
