@@ -23,6 +23,7 @@ call or to answer, with its own weight.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -98,9 +99,7 @@ def balanced_decision_weights(first_tokens: list[int]) -> list[float]:
     >>> [round(w, 4) for w in balanced_decision_weights([7, 7, 7, 9])]
     [0.6667, 0.6667, 0.6667, 2.0]
     """
-    counts: dict[int, int] = {}
-    for t in first_tokens:
-        counts[t] = counts.get(t, 0) + 1
+    counts = Counter(first_tokens)
     return [len(first_tokens) / (len(counts) * counts[t]) for t in first_tokens]
 
 
