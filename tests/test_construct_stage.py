@@ -51,7 +51,7 @@ def test_a_user_catalog_without_implementations_gives_well_posed_instances(ray_l
         (catalog / domain / "tools.json").write_text(json.dumps(tools))
     cfg = ConstructConfig(
         catalog=str(catalog), num_instances=3, mix={k: int(k in MIX) for k in KINDS}, distractors=[1, 1], calls_per_turn=[2, 2], turns=1,
-        query_attempts=2, answer_attempts=1, max_tokens={"scenario": 64, "call": 96, "simulate": 160, "answer": 96,
+        irrelevance_twins=1.0, query_attempts=2, answer_attempts=1, max_tokens={"scenario": 64, "call": 96, "simulate": 160, "answer": 96,
                                                          "query": 64},
         generator={"backend": "vllm", "model": "smollm2-135m-instruct", "dtype": "float32", "max_model_len": 4096,
                    "pool": {"num_cpus": 1, "threads": 2, "batch_size": 5}})
@@ -63,6 +63,15 @@ def test_a_user_catalog_without_implementations_gives_well_posed_instances(ray_l
     assert {k: v["attempted"] for k, v in counts["kinds"].items() if v["attempted"]} == dict.fromkeys(MIX, 1)
     kept = pq.read_table(tmp_path / "construct/instances.parquet").to_pylist()
     rejected = pq.read_table(tmp_path / "construct/rejected.parquet").to_pylist()
+    # irrelevance_twins 1.0: every kept call instance again, same query, tools of the other domain only
+    twins = [r for r in kept if r["twin_of"] is not None]
+    sources = {r["id"]: r for r in kept if r["twin_of"] is None}
+    assert len(twins) == counts["irrelevance_twins"] == sum(r["kind"] != "irrelevance" for r in sources.values())
+    assert len(sources) == counts["kept"] and all(r["id"] >= counts["attempted"] for r in twins)
+    for t in twins:
+        src = sources[t["twin_of"]]
+        assert t["kind"] == "irrelevance" and t["domain"] == src["domain"]
+        assert json.loads(t["messages"])[0] == json.loads(src["messages"])[0]  # the same user message
     # Without examples SmolLM2 often repeats a parallel call (dropped as invalid_call); follow-up
     # turns (turns: 2) repeat the first call almost always, so this test keeps one turn.
     assert len(kept) >= 2, "; ".join(f"{r['kind']}: {r['reason'][:200]}" for r in rejected)
@@ -79,7 +88,7 @@ def test_a_user_catalog_without_implementations_gives_well_posed_instances(ray_l
             turn = msgs[start:end]
             calls = [c["function"] for m in turn for c in m.get("tool_calls", [])]
             assert turn[-1]["role"] == "assistant" and "tool_calls" not in turn[-1]  # ends with a text answer
-            if r["kind"] == "irrelevance" and start == users[0]:
+            if r["kind"] == "irrelevance" and start == users[0]:  # generated, or a twin
                 assert not calls and len(turn) == 2  # query, then a text answer
                 offered = {"dining" if t["function"]["name"] in {d["name"] for d in DINING} else "pets"
                            for t in tools}

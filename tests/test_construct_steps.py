@@ -123,3 +123,51 @@ def test_clean_text():
     assert steps.clean_text('The user\'s message: "How warm is Oslo?"') == "How warm is Oslo?"
     assert steps.clean_text("User: Find me a hotel") == "Find me a hotel"
     assert steps.clean_text("How warm is Oslo?") == "How warm is Oslo?"
+
+
+def test_irrelevance_twins_keep_the_query_and_offer_no_tool_of_the_needed_domains():
+    from ttpa_ray.construct.stage import plans
+    from ttpa_ray.construct.twins import add_twins
+    from ttpa_ray.config import ConstructConfig
+    from ttpa_ray.instances import turn_rows
+    from ttpa_ray.tools.catalog import resolve_catalog
+
+    catalog = resolve_catalog("bundled")
+    domain = {t.name: t.domain for t in catalog}
+    schema = {t.name: t.openai() for t in catalog}
+    rows = []  # instances as construct writes them, from real plans (calls = the hints)
+    for p in plans(ConstructConfig(num_instances=12, distractors=[1, 2]), seed=3):
+        turn = json.loads(p["turns"])[0]
+        msgs = [{"role": "user", "content": f"request {p['id']}"}]
+        if turn["steps"]:
+            for step in turn["steps"]:
+                msgs.append({"role": "assistant", "content": "", "tool_calls": [
+                    {"type": "function", "function": {"name": n, "arguments": a}} for n, a in step]})
+                msgs += [{"role": "tool", "content": "{}"} for _ in step]
+            msgs.append({"role": "assistant", "content": "Done."})
+        else:
+            msgs.append({"role": "assistant", "content": "I can't."})
+        rows.append({"id": p["id"], "kind": p["kind"], "domain": p["domain"], "twin_of": None,
+                     "tools": json.dumps([schema[n] for n in p["tools"]]), "messages": json.dumps(msgs)})
+    calls = [r for r in rows if r["kind"] != "irrelevance"]
+    assert add_twins(rows, 0.0, 0, catalog, next_id=12) == (rows, {"made": 0, "no_other_domain": 0})
+    out, counts = add_twins(rows, 1.0, 0, catalog, next_id=12)
+    assert out[:12] == rows and counts == {"made": len(calls), "no_other_domain": 0}
+    twins = out[12:]
+    assert [t["id"] for t in twins] == list(range(12, 12 + len(calls)))
+    for t in twins:
+        src = rows[t["twin_of"]]
+        used = {c["function"]["name"] for m in json.loads(src["messages"]) for c in m.get("tool_calls", [])}
+        offered = [x["function"]["name"] for x in json.loads(t["tools"])]
+        assert offered and not {domain[n] for n in offered} & ({domain[n] for n in used} | {src["domain"]})
+        assert len(offered) == max(1, len(json.loads(src["tools"])) - len(used))
+        (turn,) = turn_rows([t])  # one no-call gold turn: the same request, declined
+        assert turn["gold_json"] == "[]" and json.loads(turn["prompt_json"]) == json.loads(src["messages"])[:1]
+        assert turn["gold_text"].startswith("I'm sorry, I can't do that here")
+    assert len(add_twins(rows, 0.5, 0, catalog, next_id=12)[0]) == 12 + round(0.5 * len(calls))
+    one_domain = [t for t in catalog if t.domain == "weather"]  # nowhere else to take tools from
+    only_weather = [{**calls[0], "domain": "weather", "tools": json.dumps([schema["get_current_weather"]]),
+                     "messages": json.dumps([{"role": "user", "content": "Oslo?"}, {"role": "assistant", "content": "",
+                                             "tool_calls": [{"type": "function", "function": {
+                                                 "name": "get_current_weather", "arguments": {"city": "Oslo"}}}]}])}]
+    assert add_twins(only_weather, 1.0, 0, one_domain, next_id=12) == (only_weather, {"made": 0, "no_other_domain": 1})

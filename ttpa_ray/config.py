@@ -266,6 +266,9 @@ class ConstructConfig(Section):
                                             "(multiple, parallel, parallel_multiple); single has one.")
     turns: int = Field(1, ge=1, le=8, description="User turns per instance: later turns follow up on the earlier "
                                                   "answer with a call of their own.")
+    irrelevance_twins: float = Field(0.0, ge=0, le=1, description="Share of the kept call instances that also "
+                                     "get an irrelevance twin: the same query with only tools of other domains, "
+                                     "answered with the decline (construct/twins.py). No generation; 0 = none.")
     temperature: float = Field(0.7, ge=0)
     grounded: bool = Field(True, description="Build scenarios and calls around known-good example calls of the "
                                              "catalog (construct/steps.py); needed for small generators.")

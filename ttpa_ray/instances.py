@@ -77,6 +77,8 @@ def held_out_ids(instances: Iterable[dict[str, Any]], fraction: float, seed: int
     them unless ``fraction`` is 1); each kind gets ``floor(fraction * its count)``, the rest go
     to the kinds with the largest remainders. Within a kind, the ids that rank first by a hash
     of (seed, id): stable across runs and machines. Instances without ``kind`` form one stratum.
+    An irrelevance twin (``twin_of``, :mod:`ttpa_ray.construct.twins`) is not drawn: it goes
+    where its source goes, so a query is never both trained on and evaluated.
 
     >>> insts = [{"id": i, "kind": "irrelevance" if i < 4 else "single"} for i in range(10)]
     >>> held = held_out_ids(insts, 0.2, seed=0)
@@ -84,11 +86,18 @@ def held_out_ids(instances: Iterable[dict[str, Any]], fraction: float, seed: int
     (2, [False, True])
     >>> held == held_out_ids(list(reversed(insts)), 0.2, seed=0), held_out_ids(insts, 0.0, seed=0)
     (True, frozenset())
+    >>> twins = [{"id": 10 + i, "kind": "irrelevance", "twin_of": i} for i in range(4, 10)]
+    >>> held_out_ids(insts + twins, 0.2, seed=0) == held | {10 + i for i in held if i >= 4}
+    True
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"held_out_fraction must be in [0, 1], got {fraction}")
     strata: dict[str, list[int]] = {}
+    twins: list[tuple[int, int]] = []
     for inst in instances:
+        if inst.get("twin_of") is not None:
+            twins.append((int(inst["id"]), int(inst["twin_of"])))
+            continue
         strata.setdefault(str(inst.get("kind") or ""), []).append(int(inst["id"]))
     n = sum(len(ids) for ids in strata.values())
     total = math.floor(fraction * n + 0.5)
@@ -98,4 +107,5 @@ def held_out_ids(instances: Iterable[dict[str, Any]], fraction: float, seed: int
     rest = sorted(strata, key=lambda k: (-(fraction * len(strata[k]) - quota[k]), _rank(k, seed)))
     for k in rest[:max(0, total - sum(quota.values()))]:
         quota[k] += 1
-    return frozenset(i for k, ids in strata.items() for i in sorted(ids, key=lambda i: _rank(i, seed))[:quota[k]])
+    held = {i for k, ids in strata.items() for i in sorted(ids, key=lambda i: _rank(i, seed))[:quota[k]]}
+    return frozenset(held | {i for i, src in twins if src in held})

@@ -19,7 +19,10 @@ id, status, reason, kind, domain, tools (JSON: OpenAI schemas), messages (JSON: 
 tool calls and tool results), query (first turn), answer (last turn), scenario, constraints
 (JSON: kind, style, the plan), provenance (JSON: generator, seed, simulated tools, per turn
 the path that wrote the query (generated / rewrite / template) and the answer (generated /
-template), executed calls).
+template), executed calls), twin_of (the source id of an irrelevance twin,
+``construct.irrelevance_twins``: :mod:`ttpa_ray.construct.twins`; null otherwise). The
+manifest's ``kept`` counts generated instances; ``instances.parquet`` holds them and the
+``irrelevance_twins.made`` twins.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from ttpa_ray.construct import steps
 from ttpa_ray.construct import templates
 from ttpa_ray.construct.grounding import answer_grounded, ungrounded
+from ttpa_ray.construct.twins import add_twins
 from ttpa_ray import faults
 from ttpa_ray.config import KINDS, ConstructConfig
 from ttpa_ray.engines.base import SamplingParams
@@ -440,29 +444,33 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
                 r["status"], r["reason"] = "duplicate", "same query as an earlier instance"
             seen.add(key)
     out.mkdir(parents=True, exist_ok=True)
-    kept = [r for r in done if r["status"] == "kept"]
-    rejected = [r for r in done if r["status"] != "kept"]
+    kept = [r | {"twin_of": None} for r in done if r["status"] == "kept"]
+    rejected = [r | {"twin_of": None} for r in done if r["status"] != "kept"]
+    kept, twins = add_twins(kept, cfg.irrelevance_twins, seed, resolve_catalog(cfg.catalog), next_id=len(rows))
     schema = pa.schema([("id", pa.int64())] + [(k, pa.string()) for k in (
         "status", "reason", "kind", "domain", "tools", "messages", "query", "answer", "scenario", "constraints",
-        "provenance")])
+        "provenance")] + [("twin_of", pa.int64())])
     pq.write_table(pa.Table.from_pylist(kept, schema=schema), out / "instances.parquet")
     pq.write_table(pa.Table.from_pylist(rejected, schema=schema), out / "rejected.parquet")
     with open(out / "instances.jsonl", "w", encoding="utf-8") as f:
         for r in kept:
             f.write(json.dumps({"id": r["id"], "messages": json.loads(r["messages"]),
                                 "tools": json.loads(r["tools"])}, ensure_ascii=False) + "\n")
-    counts: dict[str, Any] = {"attempted": len(rows), "rows_out": len(done), "kept": len(kept),
+    generated = [r for r in kept if r["twin_of"] is None]
+    counts: dict[str, Any] = {"attempted": len(rows), "rows_out": len(done), "kept": len(generated),
                               "errors": sum(r["status"] == "error" for r in done)}
     counts["filtered"] = {f: sum(r["status"] == f for r in done) for f in steps.FILTERS}
-    counts["kept_share"] = round(len(kept) / max(1, len(rows)), 3)
+    counts["kept_share"] = round(len(generated) / max(1, len(rows)), 3)
     counts["kinds"] = {k: {"attempted": sum(r["kind"] == k for r in done),
-                           "kept": sum(r["kind"] == k for r in kept)} for k in KINDS}
+                           "kept": sum(r["kind"] == k for r in generated)} for k in KINDS}
+    if cfg.irrelevance_twins:
+        counts["irrelevance_twins"], counts["twins_without_other_domain"] = twins["made"], twins["no_other_domain"]
     paths: dict[str, dict[str, int]] = {"query": {}, "answer": {}}
-    for r in kept:
+    for r in generated:
         prov = json.loads(r["provenance"])
         for what in paths:
             for p in prov[f"{what}_paths"]:
                 paths[what][p] = paths[what].get(p, 0) + 1
     counts["query_paths"], counts["answer_paths"] = paths["query"], paths["answer"]
-    counts["calls_from_hint"] = sum(json.loads(r["provenance"]).get("calls_from_hint", 0) for r in kept)
+    counts["calls_from_hint"] = sum(json.loads(r["provenance"]).get("calls_from_hint", 0) for r in generated)
     return counts
