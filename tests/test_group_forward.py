@@ -320,15 +320,18 @@ def test_binary_decision_scores_the_text_side_as_one_minus_p_call(arch):
 def test_chosen_first_is_the_log_prob_of_each_turns_first_chosen_token(model):
     """``train.decision_loss`` reads ``chosen_first``: log p(chosen[0] | prompt), the turn's
     call-or-answer decision, from the packed forward, equal to a plain forward's, per pair
-    (the pairs of a turn share it), in input row order through :func:`turn_logps`."""
+    (the pairs of a turn share it), in input row order through :func:`turn_logps`; and
+    ``train.decision_anchor`` ``call_first``: log p(a given token, the call tag's first) there."""
     rows, groups = _rows(seed=5)
     with torch.no_grad():
-        fast = group_logps(model, collate_groups(rows, pad_token_id=0), 0.0)
-        turn = turn_logps(model, rows, 0, 0.0)
+        fast = group_logps(model, collate_groups(rows, pad_token_id=0), 0.0, call_token_id=7)
+        turn = turn_logps(model, rows, 0, 0.0, call_token_id=7)
+        assert turn_logps(model, rows, 0, 0.0).call_first is None
     for i, r in enumerate(rows):
-        logits = model(torch.tensor([r["prompt_token_ids"]])).logits[0, -1]
-        want = logits.double().log_softmax(-1)[r["chosen_token_ids"][0]]
+        logits = model(torch.tensor([r["prompt_token_ids"]])).logits[0, -1].double().log_softmax(-1)
+        want = logits[r["chosen_token_ids"][0]]
         assert _close(fast.chosen_first[i], want) and _close(turn.chosen_first[i], want), i
+        assert _close(fast.call_first[i], logits[7]) and _close(turn.call_first[i], logits[7]), i
     for idx in groups:
         assert len({round(float(fast.chosen_first[i]), 9) for i in idx}) == 1
     assert len({round(float(fast.chosen_first[idx[0]]), 6) for idx in groups}) == len(groups)  # turns differ

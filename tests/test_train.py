@@ -497,3 +497,47 @@ def test_decision_loss_teaches_each_turns_first_chosen_token(tiny_model, process
     assert first_logp(p_on) > first_logp(p_off) + 0.1
     # decision_nll: the turns' mean -log p(first chosen token), logged only with the term on.
     assert "decision_nll" not in off[0] and on[-1]["decision_nll"] < on[0]["decision_nll"]
+
+
+@pytest.mark.slow
+def test_decision_anchor_holds_p_call_at_the_reference(tiny_model, process_group, tmp_path):
+    """``train.decision_anchor``: with the reference's P(call) per turn (``ref_call_first``, as
+    the reference stage writes it for packing: turn), the same DPO steps move P(call) on the
+    training turns less with the anchor than without it; step 1 is unchanged (KL 0 at the
+    reference) and ``decision_kl`` is logged. Without the column it is refused, with the fix."""
+    import torch
+
+    from ttpa_ray.train.group_forward import turn_logps
+    from ttpa_ray.train.loop import prepare_pairs
+
+    call = 7   # every turn's chosen side opens with it, as calls open with the call tag: DPO + NLL raise it
+    rows = []
+    for r in turn_pairs(4, 2, seed=3):
+        first = call if r["divergence_index"] else (r["rejected_token_ids"][0] if r["rejected_token_ids"][0] != call else 8)
+        rows.append(r | {"ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0,
+                         "chosen_token_ids": [call] + r["chosen_token_ids"][1:],
+                         "rejected_token_ids": [first] + r["rejected_token_ids"][1:]})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bare.parquet")
+    with pytest.raises(ValueError, match="--from reference"):
+        prepare_pairs(tmp_path / "bare.parquet", TrainConfig(decision_anchor=1.0))
+    from ttpa_ray.train.stage import create_policy
+
+    start = create_policy(tiny_model, TrainConfig(), world=1, total_steps=1, use_gpu=False)
+    with torch.no_grad():
+        ref = turn_logps(start.module, rows, 0, call_token_id=call).call_first.double()
+    rows = [r | {"ref_call_first": float(f), "call_token_id": call} for r, f in zip(rows, ref)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+
+    def shift(policy) -> float:
+        with torch.no_grad():
+            now = turn_logps(policy.module, rows, 0, call_token_id=call).call_first.double()
+        return (now.exp() - ref.exp()).abs().mean().item()
+
+    common = dict(micro_batch_size=1, gradient_accumulation_steps=2, zero_stage=0, sft_weight=1.0)
+    off, _, p_off = _run_local(tiny_model, tmp_path / "pairs.parquet", 4, **common)
+    # The tiny random model gives the token P ~ 1/vocab, where a KL is cheap: a large weight here;
+    # at the P(call) of a real model (0.1-0.9) a weight of 1-10 holds it.
+    on, _, p_on = _run_local(tiny_model, tmp_path / "pairs.parquet", 4, decision_anchor=2000.0, **common)
+    assert on[0]["loss"] == off[0]["loss"] and on[0]["decision_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert "decision_kl" not in off[0]
+    assert shift(p_on) < 0.5 * shift(p_off) and shift(p_off) > 1e-3

@@ -468,6 +468,12 @@ class TrainConfig(TrainerConfig):
                                    "(each distinct first chosen token: the call tag's, a text answer's first word) "
                                    "weighs the same in total, mean weight 1. Else the majority decision (calling, in "
                                    "the demo's 11 call and 6 no-call turns) pulls every prompt its way.")
+    decision_anchor: float = Field(0.0, ge=0, description="Adds decision_anchor x the mean over turns of the KL "
+                                   "divergence from the reference's P(call) to the policy's (P(the call tag's first "
+                                   "token) where the completion starts): the decision stays where SFT put it while "
+                                   "the pairs teach the calls' content. The level of P(call) otherwise follows the "
+                                   "pairs' balance of call and no-call sides, on every prompt (README, 'The demo'). "
+                                   "Needs packing: turn and the reference stage's ref_call_first. 0 = off.")
     reject_answers: bool = Field(True, description="Train on the pairs whose chosen side calls and whose rejected "
                                  "side answers in text (the sample stage's call_side 1). false: leave them out "
                                  "(counted as pairs_answer_rejected_dropped): in the demo their rejected text is "
@@ -492,6 +498,9 @@ class TrainConfig(TrainerConfig):
         if self.decision_loss and self.packing != "turn":
             raise ValueError("decision_loss needs packing: turn (the turn's chosen side is scored once per packed row); "
                              "set train.packing: turn or train.decision_loss: 0")
+        if self.decision_anchor and self.packing != "turn":
+            raise ValueError("decision_anchor needs packing: turn (the reference stage scores P(call) per packed turn); "
+                             "set train.packing: turn or train.decision_anchor: 0")
         if self.attention == "flex" and not self.use_gpu:
             raise ValueError("attention: flex needs use_gpu: true (torch has no FlexAttention backward on CPUs); "
                              "set attention: auto (dense on CPUs) or dense")

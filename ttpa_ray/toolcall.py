@@ -208,6 +208,16 @@ class ParseResult:
 
 
 DECODE_FAILED = "decode_failed"
+CALL_TAG = "<tool_call>"   # Hermes-style calls, as the chat templates of the bundled models write them
+
+
+def call_token_id(tokenizer: Any) -> int:
+    """The first token of :data:`CALL_TAG` under ``tokenizer``: where a completion that calls
+    starts, so its probability at a turn's first position is P(call)."""
+    ids = tokenizer(CALL_TAG, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"the tokenizer encodes {CALL_TAG!r} as no tokens")
+    return int(ids[0])
 _FENCE_RE = re.compile(r"```(?:json|tool_call|python)?\s*\n?(.*?)```", re.S)
 _CALL_KEYS = ("name", "function")
 

@@ -195,12 +195,15 @@ def collate_groups(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> Grou
 
 
 def group_logps(model: torch.nn.Module, batch: GroupBatch, prefix_weight: float = 1.0,
-                tail_weight: Tensor | None = None, call_side: Tensor | None = None) -> PairLogps:
+                tail_weight: Tensor | None = None, call_side: Tensor | None = None,
+                call_token_id: int | None = None) -> PairLogps:
     """Grouped shared-prefix forward of a HF causal LM: one :class:`PairLogps` entry per pair,
     in input row order, equal to :func:`pair_logps` on the same rows. ``prefix_weight`` weights
     the completion tokens before each pair's divergence token (0: only tokens from it on);
     ``tail_weight`` (B,), from :func:`~ttpa_ray.train.pair_forward.tail_weights`, those after it;
-    ``call_side`` (B,), from :func:`~ttpa_ray.train.pair_forward.call_sides`: the binary decision."""
+    ``call_side`` (B,), from :func:`~ttpa_ray.train.pair_forward.call_sides`: the binary decision;
+    ``call_token_id``: also ``call_first``, log p(that token) where the completion starts (the
+    call tag's first token: P(call) for ``train.decision_anchor``)."""
     impl = check_packed_model(model, "group_logps")
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
     mask = packed_mask(batch.segment, batch.visible, impl, model.get_input_embeddings().weight.dtype)
@@ -230,11 +233,17 @@ def group_logps(model: torch.nn.Module, batch: GroupBatch, prefix_weight: float 
         n = (lens - d).to(dtype)
         return prefix_weight * df + n.clamp(max=1) + tail * (n - 1).clamp(min=0)
 
-    return PairLogps(chosen, rejected, tokens(batch.chosen_lens), tokens(batch.rejected_lens), lp_chosen[:, 0])
+    call_first = None
+    if call_token_id is not None:
+        head = batch.chosen_head[:, 0]   # each group's position that predicts its completion's first token
+        call_first = (logits[head, call_token_id] - lse[head])[batch.pair_group]
+    return PairLogps(chosen, rejected, tokens(batch.chosen_lens), tokens(batch.rejected_lens), lp_chosen[:, 0],
+                     call_first)
 
 
 def turn_logps(model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], pad_token_id: int,
-               prefix_weight: float = 1.0, decision_only: Sequence[str] = (), binary: bool = False) -> PairLogps:
+               prefix_weight: float = 1.0, decision_only: Sequence[str] = (), binary: bool = False,
+               call_token_id: int | None = None) -> PairLogps:
     """:func:`group_logps` one group at a time (each group its own unpadded row), results in
     input row order. The train and reference stages both call this on the same groups, so a
     policy equal to its reference gives bit-identical log-probs (a margin of exactly 0)."""
@@ -243,7 +252,7 @@ def turn_logps(model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], pad_to
         group = [rows[i] for i in idx]
         parts.append(group_logps(model, collate_groups(group, pad_token_id).to(
             model.get_input_embeddings().weight.device), prefix_weight, tail_weights(group, decision_only),
-            call_sides(group, binary)))
+            call_sides(group, binary), call_token_id))
         order += idx
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
@@ -252,4 +261,4 @@ def turn_logps(model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], pad_to
         return torch.cat([getattr(p, name) for p in parts])[inverse.to(parts[0].chosen.device)]
 
     return PairLogps(gather("chosen"), gather("rejected"), gather("chosen_tokens"), gather("rejected_tokens"),
-                     gather("chosen_first"))
+                     gather("chosen_first"), gather("call_first") if call_token_id is not None else None)

@@ -31,7 +31,8 @@ import torch.distributed as dist
 
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.train import plan
-from ttpa_ray.train.losses import balanced_decision_weights, decision_loss, dpo_loss, sft_loss
+from ttpa_ray.train.losses import (balanced_decision_weights, decision_anchor_loss, decision_loss, dpo_loss,
+                                   sft_loss)
 from ttpa_ray.train.memory_profile import TensorMemoryProfile
 from ttpa_ray.train.group_forward import group_pairs, turn_logps
 from ttpa_ray.train.pair_forward import call_sides, collate_pairs, pair_logps, tail_weights
@@ -62,6 +63,9 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
     if cfg.binary_decision and "call_side" not in table.column_names:
         raise ValueError(f"train.binary_decision needs the pairs' call_side column, which {pairs} lacks (an older "
                          "sample stage): redo it with --from sample, or set train.binary_decision: false")
+    if cfg.decision_anchor and "ref_call_first" not in table.column_names:
+        raise ValueError(f"train.decision_anchor needs the reference's P(call) per turn (ref_call_first), which {pairs} "
+                         "lacks (a reference stage before it was added, or packing: pair): redo it with --from reference")
     if not cfg.reject_answers and "call_side" not in table.column_names:
         raise ValueError(f"train.reject_answers: false needs the pairs' call_side column, which {pairs} lacks (an older "
                          "sample stage): redo it with --from sample, or set train.reject_answers: true")
@@ -79,7 +83,8 @@ def prepare_pairs(pairs: Path, cfg: TrainConfig) -> tuple[pa.Table, dict[str, in
         weights = [1.0] * table.num_rows
     table = table.append_column("weight", pa.array(weights, pa.float64()))
     keep = (COLUMNS + (["branch_kind"] if cfg.decision_only else []) + (["call_side"] if cfg.binary_decision else [])
-            + (["decision_weight"] if cfg.decision_loss else []))
+            + (["decision_weight"] if cfg.decision_loss else [])
+            + (["ref_call_first", "call_token_id"] if cfg.decision_anchor else []))
     if cfg.decision_loss:
         table = table.append_column("decision_weight", pa.array(turn_decision_weights(table, cfg.decision_balance),
                                                                  pa.float64()))
@@ -161,7 +166,8 @@ def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id:
     backpropagate, tokens, extra metric sums) of one micro-batch of pairs."""
     if cfg.packing == "turn":
         lp = turn_logps(policy.module, rows, pad_id, prefix_weight=cfg.prefix_weight, decision_only=cfg.decision_only,
-                        binary=cfg.binary_decision)
+                        binary=cfg.binary_decision,
+                        call_token_id=int(rows[0]["call_token_id"]) if cfg.decision_anchor else None)
     else:
         lp = pair_logps(policy.module, collate_pairs(rows, pad_token_id=pad_id).to(policy.device),
                         prefix_weight=cfg.prefix_weight, tail_weight=tail_weights(rows, cfg.decision_only),
@@ -181,15 +187,22 @@ def pair_loss(policy: Any, rows: list[dict[str, Any]], cfg: TrainConfig, pad_id:
     if cfg.sft_weight:
         objective = objective + cfg.sft_weight * sft_loss(lp.chosen, lp.chosen_tokens)
     extra: dict[str, float] = {}
-    if cfg.decision_loss:
+    if cfg.decision_loss or cfg.decision_anchor:
         turns = group_pairs(rows, validate=False)
         turn = torch.empty(len(rows), dtype=torch.long)
         for t, idx in enumerate(turns):
             turn[idx] = t
+        extra["turns"] = len(turns)
+    if cfg.decision_anchor:
+        ref = torch.tensor([r["ref_call_first"] for r in rows], dtype=lp.call_first.dtype, device=policy.device)
+        anchor = decision_anchor_loss(lp.call_first, ref, turn.to(policy.device))
+        objective = objective + cfg.decision_anchor * anchor
+        extra["kl"] = anchor.detach().item() * len(turns)
+    if cfg.decision_loss:
         weight = torch.tensor([r["decision_weight"] for r in rows], device=policy.device)
         objective = objective + cfg.decision_loss * decision_loss(lp.chosen_first, turn.to(policy.device), weight)
         first = lp.chosen_first.detach()
-        extra = {"dec": -sum(first[idx[0]].item() for idx in turns), "turns": len(turns)}
+        extra["dec"] = -sum(first[idx[0]].item() for idx in turns)
     return losses, rc, rr, objective, tokens, extra
 
 
@@ -219,7 +232,8 @@ class DpoObjective:
         return {"loss": s["loss"] / n, "rewards/chosen": s["r_c"] / n, "rewards/rejected": s["r_r"] / n,
                 "rewards/margins": (s["r_c"] - s["r_r"]) / n, "rewards/accuracies": s["acc"] / n,
                 "pairs": int(s["rows"]), "tokens": int(s["tokens"])} | (
-                    {"decision_nll": s["dec"] / max(s["turns"], 1.0)} if "dec" in s else {})
+                    {"decision_nll": s["dec"] / max(s["turns"], 1.0)} if "dec" in s else {}) | (
+                    {"decision_kl": s["kl"] / max(s["turns"], 1.0)} if "kl" in s else {})
 
     @staticmethod
     def progress(row: dict[str, Any]) -> str:

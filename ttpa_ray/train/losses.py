@@ -89,6 +89,28 @@ def decision_loss(chosen_first: torch.Tensor, turn: torch.Tensor, weight: torch.
     return -(w * chosen_first / counts[turn]).sum() / (counts > 0).sum()
 
 
+def decision_anchor_loss(call_first: torch.Tensor, ref_call_first: torch.Tensor, turn: torch.Tensor
+                         ) -> torch.Tensor:
+    """Mean over turns of KL(Bernoulli(q) || Bernoulli(p)): q the reference's P(call) on the
+    turn, p the policy's, both as log-probs of the call tag's first token where the completion
+    starts (``(B,)`` per pair; pairs of a turn share it, so each turn counts once). Zero while
+    the policy decides as the reference did; it holds the level of P(call) on the training
+    turns, which a preference step otherwise moves with its pairs' balance of sides.
+
+    >>> lq = torch.log(torch.tensor([0.5, 0.5, 0.2], dtype=torch.float64))
+    >>> round(decision_anchor_loss(lq, lq, torch.tensor([0, 0, 1])).item(), 6)
+    0.0
+    >>> lp = torch.log(torch.tensor([0.25, 0.25, 0.2], dtype=torch.float64))   # turn 0 moved: 0.5 -> 0.25
+    >>> round(decision_anchor_loss(lp, lq, torch.tensor([0, 0, 1])).item(), 4)   # (0.5 ln 2 + 0.5 ln(2/3)) / 2
+    0.0719
+    """
+    q = ref_call_first.to(call_first.dtype).exp()
+    kl = (q * (ref_call_first.to(call_first.dtype) - call_first)
+          + (1 - q) * (log1mexp(ref_call_first.to(call_first.dtype)) - log1mexp(call_first)))
+    counts = torch.bincount(turn).to(call_first.dtype)
+    return (kl / counts[turn]).sum() / (counts > 0).sum()
+
+
 def balanced_decision_weights(first_tokens: list[int]) -> list[float]:
     """Per turn, given each turn's first chosen token (its decision: the call tag's first token,
     or a text answer's first word): weights under which every distinct decision weighs the same

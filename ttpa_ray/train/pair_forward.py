@@ -70,6 +70,7 @@ class PairLogps:
     chosen_tokens: Tensor
     rejected_tokens: Tensor
     chosen_first: Tensor | None = None   # log p(chosen[0]), the turn's call-or-answer decision (turn packing)
+    call_first: Tensor | None = None     # log p(the call tag's first token) at that position (turn packing)
 
     def mean(self) -> tuple[Tensor, Tensor]:
         """Per-token averages ``(chosen, rejected)`` (IPO is length-normalised)."""

@@ -5,7 +5,9 @@
 forward train uses (``train.packing``: one packed row per turn, :mod:`ttpa_ray.train.group_forward`,
 or per pair, :mod:`ttpa_ray.train.pair_forward`) gives ``ref_chosen_logps`` and
 ``ref_rejected_logps`` (sums over completion tokens, with ``train.prefix_weight``; the packed
-rows' attention from ``train.attention``, as train loads it). A pair that
+rows' attention from ``train.attention``, as train loads it). With turn packing also
+``ref_call_first``, log p(the call tag's first token, ``call_token_id``) where the completion
+starts: the reference's P(call) on the turn, which ``train.decision_anchor`` holds. A pair that
 cannot be scored (too long for memory, bad token ids) gets ``ref_error`` and NaN log-probs:
 counted, kept, and left out of training.
 """
@@ -37,14 +39,18 @@ class ReferenceBatch:
         attn = attention_implementation(attention, use_gpu=self.device == "cuda")   # train.attention, as train loads it
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
                                                           attn_implementation=attn).to(self.device).eval()
-        self.pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
+        from ttpa_ray.toolcall import call_token_id
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.call_id = call_token_id(tokenizer) if packing == "turn" else None
         self.prefix_weight = prefix_weight
         self.batch_size = batch_size
         self.packing = packing
         self.decision_only = list(decision_only or [])
         self.binary_decision = binary_decision
 
-    def logps(self, rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    def logps(self, rows: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
         import torch
 
         from ttpa_ray.train.group_forward import turn_logps
@@ -53,18 +59,19 @@ class ReferenceBatch:
         with torch.no_grad():
             if self.packing == "turn":
                 lp = turn_logps(self.model, rows, self.pad_id, self.prefix_weight, self.decision_only,
-                                self.binary_decision)
+                                self.binary_decision, self.call_id)
             else:
                 lp = pair_logps(self.model, collate_pairs(rows, self.pad_id).to(self.device), self.prefix_weight,
                                 tail_weights(rows, self.decision_only), call_sides(rows, self.binary_decision))
-        return list(zip(lp.chosen.double().tolist(), lp.rejected.double().tolist()))
+        call = lp.call_first.double().tolist() if lp.call_first is not None else [math.nan] * len(rows)
+        return list(zip(lp.chosen.double().tolist(), lp.rejected.double().tolist(), call))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
         keys = REFERENCE_INPUTS + [k for k in ("branch_kind", "call_side") if k in batch]
         rows = [{k: (batch[k][i].tolist() if hasattr(batch[k][i], "tolist") else batch[k][i]) for k in keys}
                 for i in range(n)]
-        chosen, rejected, errors = [math.nan] * n, [math.nan] * n, [None] * n
+        chosen, rejected, call, errors = [math.nan] * n, [math.nan] * n, [math.nan] * n, [None] * n
         if self.packing == "turn":  # one forward per turn's group, as train runs it
             from ttpa_ray.train.group_forward import group_pairs
 
@@ -80,12 +87,15 @@ class ReferenceBatch:
                     try:
                         results.extend(self.logps([rows[i]]))
                     except Exception as exc:  # noqa: BLE001
-                        results.append((math.nan, math.nan))
+                        results.append((math.nan, math.nan, math.nan))
                         errors[i] = f"{type(exc).__name__}: {exc}"[:500]
-            for i, (c, r) in zip(part, results):
-                chosen[i], rejected[i] = c, r
+            for i, (c, r, f) in zip(part, results):
+                chosen[i], rejected[i], call[i] = c, r, f
         out = dict(batch)
         out["ref_chosen_logps"] = np.array(chosen, dtype=np.float64)
         out["ref_rejected_logps"] = np.array(rejected, dtype=np.float64)
         out["ref_error"] = object_column(errors)
+        if self.call_id is not None:
+            out["ref_call_first"] = np.array(call, dtype=np.float64)
+            out["call_token_id"] = np.full(n, self.call_id, dtype=np.int64)
         return out
