@@ -447,12 +447,13 @@ class TrainConfig(TrainerConfig):
                               "included, which the pair's shared prefix does not; 0 = pure DPO/IPO.")
     prefix_weight: float = Field(1.0, ge=0, le=1, description="Weight of completion tokens before a pair's "
                                  "divergence token (shared by chosen and rejected); 0 = count only from it on.")
-    decision_only: list[Literal["call-or-not", "name", "key", "value"]] = Field(
+    decision_only: list[Literal["call-or-not", "name", "key", "value", "sample"]] = Field(
         default_factory=list, description="Pairs whose branch kind is listed are scored (in reference and train) "
         "on their divergence token alone, the decision, not on the completion after it. For call-or-not pairs "
         "the rejected side is otherwise a whole call whose closing tokens DPO pushes down with the decision "
         "(README, 'The demo'); the sft_weight NLL of such a pair's chosen side is its divergence token too. "
-        "[] = every completion token counts.")
+        "sample: the whole-completion pairs (nsample mode, and the no-call turns' samples, whose rejected side "
+        "is a whole call). [] = every completion token counts.")
     binary_decision: bool = Field(False, description="A pair that differs at its first token with one side "
                                   "calling (the sample stage's call_side) scores that token as the binary decision: "
                                   "the text side counts log(1 - p(the call token)), not log p(its first word). Else a "
