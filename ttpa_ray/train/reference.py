@@ -50,7 +50,13 @@ class ReferenceBatch:
         self.decision_only = list(decision_only or [])
         self.binary_decision = binary_decision
 
-    def logps(self, rows: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
+    def logps(self, rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
+        """(ref_chosen_logps, ref_rejected_logps) of each row."""
+        return [(c, r) for c, r, _ in self.scores(rows)]
+
+    def scores(self, rows: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
+        """(ref_chosen_logps, ref_rejected_logps, ref_call_first) of each row; the last is NaN
+        without turn packing."""
         import torch
 
         from ttpa_ray.train.group_forward import turn_logps
@@ -80,12 +86,12 @@ class ReferenceBatch:
             parts = [list(range(s, min(n, s + self.batch_size))) for s in range(0, n, self.batch_size)]
         for part in parts:
             try:
-                results = self.logps([rows[i] for i in part])
+                results = self.scores([rows[i] for i in part])
             except Exception:  # noqa: BLE001 - retry one by one: a bad pair must not take its batch down
                 results = []
                 for i in part:
                     try:
-                        results.extend(self.logps([rows[i]]))
+                        results.extend(self.scores([rows[i]]))
                     except Exception as exc:  # noqa: BLE001
                         results.append((math.nan, math.nan, math.nan))
                         errors[i] = f"{type(exc).__name__}: {exc}"[:500]
