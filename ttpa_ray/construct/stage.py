@@ -446,7 +446,8 @@ def run_construct(cfg: ConstructConfig, out: Path, seed: int = 0) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     kept = [r | {"twin_of": None} for r in done if r["status"] == "kept"]
     rejected = [r | {"twin_of": None} for r in done if r["status"] != "kept"]
-    kept, twins = add_twins(kept, cfg.irrelevance_twins, seed, resolve_catalog(cfg.catalog), next_id=len(rows))
+    kept, twins = add_twins(kept, cfg.irrelevance_twins, seed,
+                            resolve_catalog(cfg.catalog) if cfg.irrelevance_twins else [], next_id=len(rows))
     schema = pa.schema([("id", pa.int64())] + [(k, pa.string()) for k in (
         "status", "reason", "kind", "domain", "tools", "messages", "query", "answer", "scenario", "constraints",
         "provenance")] + [("twin_of", pa.int64())])
