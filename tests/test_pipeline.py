@@ -3,6 +3,7 @@ changes, --from, and resuming a stage an interrupted run left 'running'."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -62,6 +63,19 @@ def test_skip_redo_on_change_and_from(tmp_path, fake_stages):
     assert [c[0] for c in fake_stages] == ["construct", "sample", "train"]
     with pytest.raises(ValueError, match="unknown stage"):
         pipeline.run_pipeline(_job(tmp_path), from_stage="nope")
+
+
+def test_a_knob_added_later_leaves_runs_made_before_it_current(tmp_path, fake_stages):
+    # construct.irrelevance_twins came after runs existed; at its default (0, no twins) a
+    # construct made before it hashes the same: the fingerprint of the config without the field.
+    job = _job(tmp_path)
+    before = {k: v for k, v in job.construct.model_dump(mode="json").items() if k != "irrelevance_twins"}
+    data = json.dumps({"config": {"construct": before}, "upstream": {}}, sort_keys=True)
+    assert fingerprint(job, ("construct",)) == hashlib.sha256(data.encode()).hexdigest()[:16]
+    pipeline.run_pipeline(job)
+    fake_stages.clear()
+    pipeline.run_pipeline(_job(tmp_path, construct={"irrelevance_twins": 0.5}))  # set: part of the hash
+    assert [c[0] for c in fake_stages] == ["construct", "sample", "train"]
 
 
 def test_interrupted_stage_resumes_and_forced_stage_does_not(tmp_path, fake_stages):

@@ -23,6 +23,10 @@ from pydantic_core import PydanticCustomError
 SECRET_ERROR = "secret_in_config"
 _ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 
+# json_schema_extra of a field added after runs were made, whose default keeps what the stage did
+# before: left out of the stage's fingerprint while it holds that default (manifest._hashed).
+ADDED_LATER = {"fingerprint": "omit_default"}
+
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, defaults are validated."""
@@ -268,7 +272,8 @@ class ConstructConfig(Section):
                                                   "answer with a call of their own.")
     irrelevance_twins: float = Field(0.0, ge=0, le=1, description="Share of the kept call instances that also "
                                      "get an irrelevance twin: the same query with only tools of other domains, "
-                                     "answered with the decline (construct/twins.py). No generation; 0 = none.")
+                                     "answered with the decline (construct/twins.py). No generation; 0 = none.",
+                                     json_schema_extra=ADDED_LATER)
     temperature: float = Field(0.7, ge=0)
     grounded: bool = Field(True, description="Build scenarios and calls around known-good example calls of the "
                                              "catalog (construct/steps.py); needed for small generators.")

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ttpa_ray.config import JobConfig
+from ttpa_ray.config import ADDED_LATER, JobConfig
 
 MANIFEST = "manifest.json"
 
@@ -28,7 +28,7 @@ def fingerprint(job: JobConfig, sections: tuple[str, ...], upstream: dict[str, s
     """Hash of the config a stage reads and of the runs of the stages it reads from (their
     manifests' ``token``), so new upstream output redoes it even across separate commands."""
     def dump(v: Any) -> Any:
-        return v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+        return _hashed(v) if isinstance(v, BaseModel) else v
 
     def get(dotted: str) -> Any:  # "train.prefix_weight": one field of a section
         value: Any = job
@@ -38,6 +38,20 @@ def fingerprint(job: JobConfig, sections: tuple[str, ...], upstream: dict[str, s
 
     data = json.dumps({"config": {s: dump(get(s)) for s in sections}, "upstream": upstream or {}}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def _hashed(model: BaseModel) -> dict[str, Any]:
+    """``model`` as JSON for the fingerprint, without the fields marked ``ADDED_LATER`` that hold
+    their default: a knob added later, whose default keeps what stages did before it existed,
+    leaves earlier runs current (a 20-minute construct is not redone on upgrade)."""
+    data = model.model_dump(mode="json")
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if field.json_schema_extra == ADDED_LATER and value == field.default:
+            del data[name]
+        elif isinstance(value, BaseModel):
+            data[name] = _hashed(value)
+    return data
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
