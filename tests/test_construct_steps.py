@@ -37,7 +37,8 @@ def test_each_kind_plans_its_calls_and_offers_distractors(kind):
         used = {c[0] for c in calls}
         assert used <= set(p.tools) and all(c[1] in EXAMPLES[c[0]] for c in calls)
         unused = set(p.tools) - used
-        assert 1 <= len(unused) <= 2, p  # distractors [1, 2]
+        # distractors [1, 2]; irrelevance offers one more, in place of the needed tool
+        assert 1 + (kind == "irrelevance") <= len(unused) <= 2 + (kind == "irrelevance"), p
         steps_ = p.turns[0]["steps"]
         if kind == "single":
             assert [len(s) for s in steps_] == [1]
@@ -53,6 +54,13 @@ def test_each_kind_plans_its_calls_and_offers_distractors(kind):
             assert steps_ == [] and need[0] in DOMAINS[p.domain]
             assert not set(p.tools) & set(DOMAINS[p.domain])  # nothing offered fits
     assert len({p.tools[0] for p in _plans(kind)}) > 1  # shuffled
+
+
+def test_the_count_of_offered_tools_does_not_tell_whether_to_call():
+    # Call and no-call instances offer the same numbers of tools (BFCL offers one tool in simple,
+    # parallel and irrelevance alike); they once differed: irrelevance 1-2, single 2-3.
+    counts = {k: {len(p.tools) for p in _plans(k, distractors=(0, 2))} for k in ("single", "parallel", "irrelevance")}
+    assert counts == {"single": {1, 2, 3}, "parallel": {1, 2, 3}, "irrelevance": {1, 2, 3}}
 
 
 def test_zero_distractors_and_follow_up_turns():
@@ -160,7 +168,7 @@ def test_irrelevance_twins_keep_the_query_and_offer_no_tool_of_the_needed_domain
         used = {c["function"]["name"] for m in json.loads(src["messages"]) for c in m.get("tool_calls", [])}
         offered = [x["function"]["name"] for x in json.loads(t["tools"])]
         assert offered and not {domain[n] for n in offered} & ({domain[n] for n in used} | {src["domain"]})
-        assert len(offered) == max(1, len(json.loads(src["tools"])) - len(used))
+        assert len(offered) == len(json.loads(src["tools"]))  # as many tools as its source
         (turn,) = turn_rows([t])  # one no-call gold turn: the same request, declined
         assert turn["gold_json"] == "[]" and json.loads(turn["prompt_json"]) == json.loads(src["messages"])[:1]
         assert turn["gold_text"].startswith("I'm sorry, I can't do that here")

@@ -113,9 +113,10 @@ def sample_plan(instance_id: int, kind: str, domains: dict[str, list[str]], exam
             calls = [[n, _hint(rng, examples, n)] for n in used]
             steps = [[c] for c in calls] if kind == "multiple" else [calls]
         others = [n for n in names if n not in used]
-    k = rng.randint(*distractors)
-    if kind == "irrelevance":
-        k = max(1, k)
+    # An irrelevance instance offers as many tools as a single one (1 + distractors), all of other
+    # domains: with fewer tools offered, "few tools -> answer in text" would be a cue that BFCL
+    # (one tool in simple, parallel and irrelevance alike) does not have.
+    k = rng.randint(*distractors) + (kind == "irrelevance")
     offered = used + rng.sample(others, min(len(others), k))
     rng.shuffle(offered)
     plan_turns = [{"steps": steps, "need": [need, _hint(rng, examples, need)] if need else None}]

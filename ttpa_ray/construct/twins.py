@@ -3,7 +3,7 @@
 ``construct.irrelevance_twins`` (a share of the kept call instances) adds, for each chosen
 instance, a no-call instance with the same first user message, the offered tools from other
 domains than the ones its calls use (topped up from the catalog's other domains to as many
-tools as it had distractors, at least one), and the construct's decline
+tools as the source offered, so the count of tools carries no call signal), and the construct's decline
 (:func:`~ttpa_ray.construct.templates.no_tool_answer`, naming what the first needed tool does).
 
 The pair of instances differs only in the tools offered, so the decision to call has to come
@@ -71,7 +71,7 @@ def twin(row: dict[str, Any], twin_id: int, domain_of: dict[str, str], catalog: 
     needed = {domain_of.get(n, row["domain"]) for n in used} | {row["domain"]}
     rng = random.Random(f"{seed}:twin:{row['id']}")
     keep = [t for t in offered if domain_of.get(_name(t)) not in needed]
-    want = max(1, len(offered) - len(used))
+    want = len(offered)  # as many tools as the source: the count says nothing about calling
     pool = sorted(n for n, d in domain_of.items() if d not in needed and n not in {_name(t) for t in keep})
     if not keep and not pool:
         raise ValueError(f"instance {row['id']}: the catalog has no tool outside domains {sorted(needed)}")
