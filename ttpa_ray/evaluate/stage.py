@@ -213,7 +213,7 @@ def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, 
                                                           "catalog": catalog},
                         **engine_pool_kwargs(engine))
     return {int(r["row"]): {k: none_if_nan(v) for k, v in r.items() if k not in _SENT}
-            for r in collect(score_dataset(ds, score).iter_rows(), label, len(rows))}
+            for r in collect(score_dataset(ds, score, engine.pool.batch_size).iter_rows(), label, len(rows))}
 
 
 def _finish_turn(row: dict[str, Any], r: dict[str, Any] | None) -> dict[str, Any]:

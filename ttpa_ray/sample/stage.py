@@ -276,7 +276,7 @@ def run_sample(cfg: SampleConfig, target: EngineConfig, score: ScoreConfig, inst
     ds = ds.map_batches(SampleBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "engine": target.model_dump(),
                                                             "seed": seed}, **engine_pool_kwargs(target))
     ds = ds.map(_to_score_row)
-    scored = collect(score_dataset(ds, score).iter_rows(), f"sample ({len(turns)} turns)", None)
+    scored = collect(score_dataset(ds, score, target.pool.batch_size).iter_rows(), f"sample ({len(turns)} turns)", None)
     for r in scored:
         # Ray Data turns an all-None column into NaN floats: normalise back to None.
         r["error"], r["score_error"] = none_if_nan(r["error"]), none_if_nan(r["score_error"])
