@@ -208,7 +208,7 @@ def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, 
     if cfg.batch_size:
         engine = engine.model_copy(update={"pool": engine.pool.model_copy(update={"batch_size": cfg.batch_size})})
     ds = ray.data.from_items([{k: r[k] for k in _SENT} for r in rows],
-                             override_num_blocks=max(1, len(rows) // engine.pool.batch_size))
+                             override_num_blocks=-(-len(rows) // engine.pool.batch_size))  # rows come out by block
     ds = ds.map_batches(EvalBatch, fn_constructor_kwargs={"engine": engine.model_dump(), "params": params,
                                                           "catalog": catalog},
                         **engine_pool_kwargs(engine))
