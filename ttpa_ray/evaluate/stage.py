@@ -207,8 +207,11 @@ def _run(rows: list[dict[str, Any]], cfg: EvaluateConfig, engine: EngineConfig, 
     params = {"max_tokens": cfg.max_tokens, "temperature": 0.0, "seed": seed}
     if cfg.batch_size:
         engine = engine.model_copy(update={"pool": engine.pool.model_copy(update={"batch_size": cfg.batch_size})})
+    # Blocks of one to two engine batches: Ray Data hands an actor whole blocks of at least one
+    # batch, so smaller blocks would be merged into one task. Scoring takes no more than a
+    # batch, so the rows of each block come out when it is generated (the progress line moves).
     ds = ray.data.from_items([{k: r[k] for k in _SENT} for r in rows],
-                             override_num_blocks=-(-len(rows) // engine.pool.batch_size))  # rows come out by block
+                             override_num_blocks=max(1, len(rows) // engine.pool.batch_size))
     ds = ds.map_batches(EvalBatch, fn_constructor_kwargs={"engine": engine.model_dump(), "params": params,
                                                           "catalog": catalog},
                         **engine_pool_kwargs(engine))
