@@ -69,16 +69,12 @@ def test_execution_check_compares_results_in_the_sandbox():
 
 
 def test_scoring_after_a_generation_takes_its_batches_as_they_come():
-    # Scored rows stream out per generated batch: a scoring call waits for a full batch, and one
+    # Scored rows stream out per generated block: a scoring call waits for a full batch, and one
     # of score.pool.batch_size 512 held back every row of a 643-row evaluation until the 512th.
-    # (The plan only: map_batches is lazy, nothing runs and Ray is not started.)
-    import ray.data
-
-    from ttpa_ray.score.stage import score_dataset
+    from ttpa_ray.score.stage import score_pool_kwargs
 
     cfg = ScoreConfig()
     assert cfg.pool.batch_size == 512
-    ds = ray.data.from_items([{"id": i} for i in range(4)])
-    assert score_dataset(ds, cfg, upstream_batch=64)._logical_plan.dag.batch_size == 64
-    assert score_dataset(ds, cfg)._logical_plan.dag.batch_size == 512  # scoring alone: its own batch
-    assert score_dataset(ds, ScoreConfig(pool={"batch_size": 16}), upstream_batch=64)._logical_plan.dag.batch_size == 16
+    assert score_pool_kwargs(cfg, upstream_batch=64)["batch_size"] == 64
+    assert score_pool_kwargs(cfg)["batch_size"] == 512  # scoring alone: its own batch
+    assert score_pool_kwargs(ScoreConfig(pool={"batch_size": 16}), upstream_batch=64)["batch_size"] == 16

@@ -111,22 +111,27 @@ class ScoreBatch:
         return out
 
 
-def score_dataset(ds: Any, cfg: ScoreConfig, upstream_batch: int | None = None) -> Any:
-    """Add ESM columns to a Ray Dataset using a pool of scoring actors. ``upstream_batch``: the
-    rows per call of the generation before it; a scoring call takes no more, so scored rows
-    stream out as each generated batch lands. (Scoring waits for a full batch: with
-    ``score.pool.batch_size`` 512, no row of a 643-row evaluation came out before the 512th
-    was generated, and the progress line sat at 0 for 20 minutes.)"""
+def score_pool_kwargs(cfg: ScoreConfig, upstream_batch: int | None = None) -> dict[str, Any]:
+    """map_batches arguments of the scoring pool. ``upstream_batch``: the rows per call of the
+    generation before it; a scoring call takes no more, so scored rows stream out as each
+    generated block lands. (Scoring waits for a full batch: with ``score.pool.batch_size`` 512,
+    no row of a 643-row evaluation came out before the 512th was generated, and the progress
+    line sat at 0 for 20 minutes.)"""
     from ttpa_ray.engines.actors import pool_kwargs
     from ttpa_ray.resources import scorer_memory_bytes
 
     kwargs = pool_kwargs(cfg.pool, scorer_memory_bytes())
     if upstream_batch:
         kwargs["batch_size"] = min(kwargs["batch_size"], upstream_batch)
+    return kwargs
+
+
+def score_dataset(ds: Any, cfg: ScoreConfig, upstream_batch: int | None = None) -> Any:
+    """Add ESM columns to a Ray Dataset using a pool of scoring actors (:func:`score_pool_kwargs`)."""
     return ds.map_batches(
         ScoreBatch, fn_constructor_kwargs={"weights": cfg.weights.model_dump(),
                                            "execution_check": cfg.execution_check, "catalog": cfg.catalog},
-        batch_format="numpy", **kwargs)
+        batch_format="numpy", **score_pool_kwargs(cfg, upstream_batch))
 
 
 def score_jsonl(inp: str, out: str, weights: dict[str, float] | None = None) -> dict[str, int]:
